@@ -1,0 +1,458 @@
+//! YAML and legacy-env configuration, validated into one `Config`; the one seam to Pingora's
+//! `ServerConf`.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use pingora::protocols::tls::CaType;
+use pingora::server::configuration::ServerConf;
+use serde::Deserialize;
+
+use crate::endpoint::{ApiKey, Endpoint, EndpointKind};
+
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:8000";
+pub const DEFAULT_TIMEOUT_SECS: u64 = 60;
+pub const DEFAULT_MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
+pub const DEFAULT_DISCOVERY_INTERVAL_SECS: u64 = 30;
+pub const DEFAULT_CONNECT_TIMEOUT_SECS: u64 = 5;
+/// The legacy tool's upstream when nothing else is configured.
+pub const DEFAULT_TARGET_URL: &str = "https://api.openai.com";
+/// The config file read when `--config` is not given and the file exists.
+pub const DEFAULT_CONFIG_PATH: &str = "conf/ai-proxy.yaml";
+
+/// The YAML file as written. Strict: unknown keys are errors.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<String>,
+    timeout_secs: Option<u64>,
+    connect_timeout_secs: Option<u64>,
+    max_body_bytes: Option<usize>,
+    discovery_interval_secs: Option<u64>,
+    threads: Option<usize>,
+    endpoints: Option<Vec<EndpointConfig>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EndpointConfig {
+    url: String,
+    #[serde(rename = "type", default)]
+    kind: EndpointKind,
+    name: Option<String>,
+    api_key: Option<String>,
+    api_key_env: Option<String>,
+    ca_file: Option<PathBuf>,
+}
+
+/// Where the endpoints came from (shown at start-up).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    Yaml(PathBuf),
+    Env,
+}
+
+/// The validated configuration everything else is built from.
+#[derive(Debug)]
+pub struct Config {
+    pub source: Source,
+    pub listen: SocketAddr,
+    /// Upstream read timeout: time to first byte and every gap between later chunks.
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+    pub max_body_bytes: usize,
+    pub discovery_interval: Duration,
+    /// Worker threads of the proxy service.
+    pub threads: usize,
+    pub endpoints: Vec<Arc<Endpoint>>,
+}
+
+/// Environment lookups go through this so tests can pass their own.
+pub trait Env {
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+/// The process environment.
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok().filter(|v| !v.is_empty())
+    }
+}
+
+impl<const N: usize> Env for [(&str, &str); N] {
+    fn var(&self, name: &str) -> Option<String> {
+        self.iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.to_string())
+    }
+}
+
+impl Config {
+    /// Load from a YAML file (which may leave `endpoints` to the environment).
+    pub fn from_file(path: &Path, env: &dyn Env) -> Result<Config, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+        Self::from_yaml(&text, Source::Yaml(path.to_path_buf()), env)
+            .map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// Parse YAML text; an empty document is a config with every default.
+    pub fn from_yaml(text: &str, source: Source, env: &dyn Env) -> Result<Config, String> {
+        let file: FileConfig = if text.trim().is_empty() {
+            FileConfig::default()
+        } else {
+            serde_yaml::from_str::<Option<FileConfig>>(text)
+                .map_err(|e| one_line(&e.to_string()))?
+                .unwrap_or_default()
+        };
+        Self::build(file, source, env)
+    }
+
+    /// The legacy mode: everything from the environment.
+    pub fn from_env(env: &dyn Env) -> Result<Config, String> {
+        Self::build(FileConfig::default(), Source::Env, env)
+    }
+
+    /// What `ai-proxy` does without `--config`: the default file if present, else the env.
+    pub fn load_default(env: &dyn Env) -> Result<Config, String> {
+        let path = Path::new(DEFAULT_CONFIG_PATH);
+        if path.exists() {
+            Self::from_file(path, env)
+        } else {
+            Self::from_env(env)
+        }
+    }
+
+    fn build(file: FileConfig, source: Source, env: &dyn Env) -> Result<Config, String> {
+        let mut listen: SocketAddr = file
+            .listen
+            .as_deref()
+            .unwrap_or(DEFAULT_LISTEN)
+            .parse()
+            .map_err(|_| {
+                format!(
+                    "listen: {:?} is not an ip:port address (e.g. \"0.0.0.0:8000\")",
+                    file.listen.as_deref().unwrap_or_default()
+                )
+            })?;
+        if let Some(port) = env.var("PORT") {
+            listen.set_port(
+                port.trim()
+                    .parse()
+                    .map_err(|_| format!("env PORT: {port:?} is not a port number"))?,
+            );
+        }
+        let timeout_secs = match env.var("TIMEOUT") {
+            Some(t) => t
+                .trim()
+                .parse()
+                .map_err(|_| format!("env TIMEOUT: {t:?} is not a number of seconds"))?,
+            None => file.timeout_secs.unwrap_or(DEFAULT_TIMEOUT_SECS),
+        };
+        positive("timeout_secs", timeout_secs)?;
+        let connect_timeout_secs = file
+            .connect_timeout_secs
+            .unwrap_or(DEFAULT_CONNECT_TIMEOUT_SECS);
+        positive("connect_timeout_secs", connect_timeout_secs)?;
+        let discovery_interval_secs = file
+            .discovery_interval_secs
+            .unwrap_or(DEFAULT_DISCOVERY_INTERVAL_SECS);
+        positive("discovery_interval_secs", discovery_interval_secs)?;
+        let max_body_bytes = file.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
+        positive("max_body_bytes", max_body_bytes as u64)?;
+        let threads = match file.threads {
+            Some(n) => positive("threads", n as u64).map(|_| n)?,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        };
+
+        let (endpoints, source) = match file.endpoints {
+            Some(list) if !list.is_empty() => (yaml_endpoints(list, env)?, source),
+            _ => (env_endpoints(env)?, Source::Env),
+        };
+        Ok(Config {
+            source,
+            listen,
+            timeout: Duration::from_secs(timeout_secs),
+            connect_timeout: Duration::from_secs(connect_timeout_secs),
+            max_body_bytes,
+            discovery_interval: Duration::from_secs(discovery_interval_secs),
+            threads,
+            endpoints,
+        })
+    }
+
+    /// Pingora's settings, derived here and nowhere else.
+    pub fn server_conf(&self) -> ServerConf {
+        ServerConf {
+            threads: self.threads,
+            // SIGTERM: keep serving briefly so load balancers notice, then drain; both short
+            // enough for a container runtime's stop timeout (Docker: 10 s).
+            grace_period_seconds: Some(1),
+            graceful_shutdown_timeout_seconds: Some(5),
+            // The proxy decides retries itself (fail_to_connect); this is only a backstop.
+            max_retries: 8,
+            ..ServerConf::default()
+        }
+    }
+}
+
+fn positive(field: &str, v: u64) -> Result<(), String> {
+    if v == 0 {
+        Err(format!("{field}: must be greater than 0"))
+    } else {
+        Ok(())
+    }
+}
+
+/// serde_yaml messages may span lines; config errors are one line.
+fn one_line(msg: &str) -> String {
+    msg.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn yaml_endpoints(list: Vec<EndpointConfig>, env: &dyn Env) -> Result<Vec<Arc<Endpoint>>, String> {
+    let mut names = HashSet::new();
+    let mut out = Vec::with_capacity(list.len());
+    for (i, ec) in list.into_iter().enumerate() {
+        let field = |f: &str| format!("endpoints[{i}].{f}");
+        let key = match (ec.api_key, ec.api_key_env) {
+            (Some(_), Some(_)) => {
+                return Err(format!(
+                    "endpoints[{i}]: set api_key or api_key_env, not both"
+                ))
+            }
+            (Some(k), None) => Some(ApiKey::new(k)),
+            (None, Some(var)) => Some(ApiKey::new(env.var(&var).ok_or_else(|| {
+                format!(
+                    "{}: environment variable {var} is not set",
+                    field("api_key_env")
+                )
+            })?)),
+            (None, None) => None,
+        };
+        let ca = match &ec.ca_file {
+            Some(p) => Some(load_ca_file(p).map_err(|e| format!("{}: {e}", field("ca_file")))?),
+            None => None,
+        };
+        let ep = Endpoint::new(&ec.url, ec.kind, ec.name, key, ca)
+            .map_err(|e| format!("{}: {e}", field("url")))?;
+        if !names.insert(ep.name.clone()) {
+            return Err(format!(
+                "{}: duplicate endpoint name {:?} (set distinct `name`s)",
+                field("name"),
+                ep.name
+            ));
+        }
+        out.push(Arc::new(ep));
+    }
+    Ok(out)
+}
+
+/// The legacy `ENDPOINTS` forms (contract §2).
+fn env_endpoints(env: &dyn Env) -> Result<Vec<Arc<Endpoint>>, String> {
+    let shared_key = env.var("API_KEY").map(ApiKey::new);
+    let pairs: Vec<(String, Option<ApiKey>)> = match env.var("ENDPOINTS") {
+        Some(v) if v.trim_start().starts_with('{') => {
+            let map: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&v)
+                .map_err(|e| format!("env ENDPOINTS: not a JSON object of url -> key: {e}"))?;
+            map.into_iter()
+                .map(|(url, key)| match key {
+                    serde_json::Value::String(k) if !k.is_empty() => {
+                        Ok((url, Some(ApiKey::new(k))))
+                    }
+                    serde_json::Value::String(_) | serde_json::Value::Null => Ok((url, None)),
+                    _ => Err(format!(
+                        "env ENDPOINTS: the key for {url:?} must be a string"
+                    )),
+                })
+                .collect::<Result<_, _>>()?
+        }
+        Some(v) => v
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(|u| (u.to_string(), shared_key.clone()))
+            .collect(),
+        None => vec![(
+            env.var("TARGET_OPENAI_URL")
+                .unwrap_or_else(|| DEFAULT_TARGET_URL.to_string()),
+            shared_key,
+        )],
+    };
+    if pairs.is_empty() {
+        return Err("env ENDPOINTS: no endpoint URL given".into());
+    }
+    let mut names = HashSet::new();
+    let mut out = Vec::with_capacity(pairs.len());
+    for (url, key) in pairs {
+        let ep = Endpoint::new(&url, EndpointKind::Openai, None, key, None)
+            .map_err(|e| format!("env ENDPOINTS: {e}"))?;
+        if !names.insert(ep.name.clone()) {
+            return Err(format!("env ENDPOINTS: {} is listed twice", ep.url));
+        }
+        out.push(Arc::new(ep));
+    }
+    Ok(out)
+}
+
+/// Load the PEM certificates of `path` as an endpoint's trusted CAs.
+pub fn load_ca_file(path: &Path) -> Result<Arc<CaType>, String> {
+    use pingora::utils::tls::{parse_x509, WrappedX509};
+    use tokio_rustls::rustls::RootCertStore;
+
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut certs = Vec::new();
+    for der in rustls_pemfile::certs(&mut pem.as_slice()) {
+        let der = der.map_err(|e| format!("{}: bad PEM: {e}", path.display()))?;
+        // Pingora's certificate wrapper panics on DER it cannot parse: check it first.
+        RootCertStore::empty()
+            .add(der.clone())
+            .map_err(|e| format!("{}: not a usable CA certificate: {e}", path.display()))?;
+        certs.push(WrappedX509::new(der.to_vec(), parse_x509));
+    }
+    if certs.is_empty() {
+        return Err(format!("{}: no PEM certificate found", path.display()));
+    }
+    Ok(Arc::from(certs.into_boxed_slice()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NO_ENV: [(&str, &str); 0] = [];
+
+    fn yaml(text: &str) -> Result<Config, String> {
+        Config::from_yaml(text, Source::Yaml("t.yaml".into()), &NO_ENV)
+    }
+
+    #[test]
+    fn full_example_parses() {
+        let c = Config::from_yaml(
+            r#"
+listen: "127.0.0.1:9000"
+timeout_secs: 7
+max_body_bytes: 1000
+discovery_interval_secs: 2
+endpoints:
+  - url: http://10.0.0.5:8000/
+    type: openai
+    name: vllm-a
+    api_key: sk-a
+  - url: https://api.openai.com
+    api_key_env: OPENAI_API_KEY
+  - url: http://ocf-head:8092
+    type: ocf
+"#,
+            Source::Yaml("t.yaml".into()),
+            &[("OPENAI_API_KEY", "sk-o")],
+        )
+        .unwrap();
+        assert_eq!(c.listen, "127.0.0.1:9000".parse().unwrap());
+        assert_eq!(c.timeout, Duration::from_secs(7));
+        assert_eq!(c.max_body_bytes, 1000);
+        assert_eq!(c.endpoints.len(), 3);
+        assert_eq!(c.endpoints[0].name, "vllm-a");
+        assert_eq!(c.endpoints[0].url, "http://10.0.0.5:8000");
+        assert_eq!(c.endpoints[1].kind, EndpointKind::Openai);
+        assert_eq!(c.endpoints[2].kind, EndpointKind::Ocf);
+        assert_eq!(c.endpoints[2].name, "ocf-head:8092");
+        assert!(matches!(c.source, Source::Yaml(_)));
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases = [
+            ("listen: 1\nbogus: 2\n", "bogus"),
+            ("timeout_secs: soon\n", "timeout_secs"),
+            ("endpoints:\n  - url: http://a\n    tyep: ocf\n", "tyep"),
+            ("endpoints:\n  - url: http://a\n    type: grpc\n", "type"),
+            ("endpoints:\n  - url: nope\n", "endpoints[0].url"),
+            ("listen: localhost\n", "listen"),
+            ("timeout_secs: 0\n", "timeout_secs"),
+            (
+                "endpoints:\n  - url: http://a\n    api_key_env: AI_PROXY_TEST_UNSET\n",
+                "AI_PROXY_TEST_UNSET",
+            ),
+            (
+                "endpoints:\n  - url: http://a\n  - url: http://a/\n",
+                "duplicate endpoint name",
+            ),
+            (
+                "endpoints:\n  - url: http://a\n    ca_file: /nonexistent/ca.pem\n",
+                "endpoints[0].ca_file",
+            ),
+        ];
+        for (text, want) in cases {
+            let err = yaml(text).unwrap_err();
+            assert!(err.contains(want), "{text:?} gave {err:?}");
+            assert!(!err.contains('\n'), "multi-line error: {err:?}");
+        }
+    }
+
+    #[test]
+    fn yaml_without_endpoints_uses_env() {
+        let c = Config::from_yaml(
+            "timeout_secs: 3\n",
+            Source::Yaml("t".into()),
+            &[("TARGET_OPENAI_URL", "http://127.0.0.1:1")],
+        )
+        .unwrap();
+        assert_eq!(c.source, Source::Env);
+        assert_eq!(c.endpoints[0].url, "http://127.0.0.1:1");
+        assert_eq!(c.timeout, Duration::from_secs(3));
+    }
+
+    #[test]
+    fn env_modes() {
+        let c = Config::from_env(&[
+            ("ENDPOINTS", r#"{"http://a:1":"ka","http://b:2":"kb"}"#),
+            ("PORT", "9999"),
+            ("TIMEOUT", "5"),
+        ])
+        .unwrap();
+        assert_eq!(c.endpoints.len(), 2);
+        assert!(c.endpoints.iter().all(|e| e.authorization.is_some()));
+        assert_eq!(c.listen, "0.0.0.0:9999".parse().unwrap());
+        assert_eq!(c.timeout, Duration::from_secs(5));
+
+        let c =
+            Config::from_env(&[("ENDPOINTS", "http://a:1, http://b:2"), ("API_KEY", "k")]).unwrap();
+        assert_eq!(c.endpoints.len(), 2);
+        assert_eq!(c.endpoints[1].authorization.as_ref().unwrap(), "Bearer k");
+
+        let c = Config::from_env(&NO_ENV).unwrap();
+        assert_eq!(c.endpoints[0].url, DEFAULT_TARGET_URL);
+        assert!(c.endpoints[0].authorization.is_none());
+        assert_eq!(c.listen, DEFAULT_LISTEN.parse().unwrap());
+
+        assert!(Config::from_env(&[("ENDPOINTS", "{bad")]).is_err());
+        assert!(Config::from_env(&[("PORT", "http")])
+            .unwrap_err()
+            .contains("PORT"));
+    }
+
+    #[test]
+    fn port_env_keeps_the_host() {
+        let c = Config::from_yaml(
+            "listen: 127.0.0.1:1234\n",
+            Source::Yaml("t".into()),
+            &[("PORT", "4321")],
+        )
+        .unwrap();
+        assert_eq!(c.listen, "127.0.0.1:4321".parse().unwrap());
+    }
+
+    #[test]
+    fn empty_file_is_all_defaults() {
+        let c = yaml("").unwrap();
+        assert_eq!(c.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
+        assert!(c.threads >= 1);
+        assert_eq!(c.server_conf().threads, c.threads);
+        assert_eq!(c.server_conf().grace_period_seconds, Some(1));
+    }
+}

@@ -1,0 +1,80 @@
+//! One discovery GET against an upstream, over Pingora's connector (same TLS settings, SNI
+//! and per-endpoint CA as the proxy path).
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use pingora::connectors::http::Connector;
+use pingora::http::RequestHeader;
+
+use crate::upstream::Upstream;
+
+/// Model lists are small; an OCF table of a large cluster is a few hundred KiB.
+const MAX_DISCOVERY_BODY: usize = 16 * 1024 * 1024;
+
+/// `GET path` on the upstream; the body of a 2xx answer, or why not. Never includes the key.
+pub async fn get(
+    connector: &Connector,
+    upstream: &Upstream,
+    path: &str,
+    timeout: Duration,
+) -> Result<Bytes, String> {
+    tokio::time::timeout(timeout, get_inner(connector, upstream, path))
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {} s", timeout.as_secs_f32())))
+}
+
+async fn get_inner(
+    connector: &Connector,
+    upstream: &Upstream,
+    path: &str,
+) -> Result<Bytes, String> {
+    let peer = upstream.peer();
+    let (mut session, _reused) = connector.get_http_session(&peer).await.map_err(|e| {
+        format!(
+            "connect to {} failed: {}",
+            upstream.addr,
+            e.etype().as_str()
+        )
+    })?;
+    let ep = &upstream.endpoint;
+    let mut req = RequestHeader::build("GET", path.as_bytes(), None).map_err(|e| e.to_string())?;
+    let io = |e: Box<pingora::Error>| format!("{} {path}: {}", ep.url, e.etype().as_str());
+    req.insert_header(http::header::HOST, ep.host_header.clone())
+        .map_err(io)?;
+    req.insert_header(http::header::ACCEPT, "application/json")
+        .map_err(io)?;
+    req.insert_header(
+        http::header::USER_AGENT,
+        concat!("ai-proxy/", env!("CARGO_PKG_VERSION")),
+    )
+    .map_err(io)?;
+    if let Some(auth) = &ep.authorization {
+        req.insert_header(http::header::AUTHORIZATION, auth.clone())
+            .map_err(io)?;
+    }
+    session
+        .write_request_header(Box::new(req))
+        .await
+        .map_err(io)?;
+    session.finish_request_body().await.map_err(io)?;
+    session.read_response_header().await.map_err(io)?;
+    let status = session
+        .response_header()
+        .map(|h| h.status.as_u16())
+        .unwrap_or_default();
+    let mut body = BytesMut::new();
+    while let Some(chunk) = session.read_response_body().await.map_err(io)? {
+        if body.len() + chunk.len() > MAX_DISCOVERY_BODY {
+            return Err(format!(
+                "{} {path}: answer larger than {MAX_DISCOVERY_BODY} bytes",
+                ep.url
+            ));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    if !(200..300).contains(&status) {
+        return Err(format!("{} {path}: HTTP {status}", ep.url));
+    }
+    Ok(body.freeze())
+}

@@ -1,0 +1,215 @@
+//! Discovery: a Pingora background service that polls every endpoint's model list, keeps the
+//! last good list of an endpoint whose poll fails, and publishes a new routing snapshot.
+
+mod client;
+pub mod parse;
+mod snapshot;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use pingora::connectors::http::Connector;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use pingora::services::ServiceReadyNotifier;
+
+use crate::endpoint::{Endpoint, EndpointKind};
+use crate::routes::SharedRoutes;
+use crate::upstream::{Timeouts, Upstream};
+use parse::DiscoveredModel;
+
+pub use snapshot::build_routes;
+
+/// An endpoint that does not answer within this long is marked down for the round; it never
+/// holds up start-up or the other endpoints.
+const MAX_POLL_TIME: Duration = Duration::from_secs(5);
+
+/// Outcome of the latest poll of one endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PollStatus {
+    /// Not polled yet.
+    Pending,
+    Ok,
+    /// The latest poll failed (the last good models are kept).
+    Failed(String),
+}
+
+/// What discovery knows about one endpoint.
+#[derive(Debug, Clone)]
+pub struct EndpointState {
+    pub endpoint: Arc<Endpoint>,
+    pub index: usize,
+    /// The upstream at its last resolved address.
+    pub upstream: Option<Arc<Upstream>>,
+    /// The last good model list.
+    pub models: Vec<DiscoveredModel>,
+    pub status: PollStatus,
+    pub last_success: Option<SystemTime>,
+    pub last_attempt: Option<SystemTime>,
+    pub consecutive_failures: u32,
+}
+
+impl EndpointState {
+    pub fn new(endpoint: Arc<Endpoint>, index: usize) -> Self {
+        EndpointState {
+            endpoint,
+            index,
+            upstream: None,
+            models: Vec::new(),
+            status: PollStatus::Pending,
+            last_success: None,
+            last_attempt: None,
+            consecutive_failures: 0,
+        }
+    }
+
+    /// Serving: the latest poll succeeded.
+    pub fn healthy(&self) -> bool {
+        self.status == PollStatus::Ok
+    }
+}
+
+/// The background service.
+pub struct Discovery {
+    endpoints: Vec<Arc<Endpoint>>,
+    routes: SharedRoutes,
+    timeouts: Timeouts,
+    interval: Duration,
+    connector: Connector,
+    started: SystemTime,
+}
+
+impl Discovery {
+    pub fn new(
+        endpoints: Vec<Arc<Endpoint>>,
+        routes: SharedRoutes,
+        timeouts: Timeouts,
+        interval: Duration,
+    ) -> Self {
+        Discovery {
+            endpoints,
+            routes,
+            timeouts,
+            interval,
+            connector: Connector::new(None),
+            started: SystemTime::now(),
+        }
+    }
+
+    /// Poll every endpoint at once, then publish the routes built from the results.
+    async fn round(&self, states: &mut [EndpointState]) {
+        let polls = states.iter().map(|s| self.poll(s));
+        let results = futures::future::join_all(polls).await;
+        let now = SystemTime::now();
+        for (state, result) in states.iter_mut().zip(results) {
+            state.last_attempt = Some(now);
+            match result {
+                Ok((upstream, models)) => {
+                    if state.status != PollStatus::Ok || state.models != models {
+                        log::info!(
+                            "discovery: {} serves {} model(s): {}",
+                            state.endpoint.name,
+                            models.len(),
+                            models
+                                .iter()
+                                .map(|m| m.id.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        );
+                    }
+                    state.upstream = Some(upstream);
+                    state.models = models;
+                    state.status = PollStatus::Ok;
+                    state.last_success = Some(now);
+                    state.consecutive_failures = 0;
+                }
+                Err((upstream, why)) => {
+                    if state.consecutive_failures == 0 {
+                        log::warn!(
+                            "discovery: {} failed: {why}; keeping its {} last known model(s)",
+                            state.endpoint.name,
+                            state.models.len()
+                        );
+                    }
+                    if upstream.is_some() {
+                        state.upstream = upstream;
+                    }
+                    state.status = PollStatus::Failed(why);
+                    state.consecutive_failures += 1;
+                }
+            }
+        }
+        let previous = self.routes.load_full();
+        let routes = build_routes(states, &previous, self.started);
+        self.routes.store(Arc::new(routes));
+    }
+
+    /// Resolve and poll one endpoint. On failure, the upstream if resolution got that far.
+    async fn poll(
+        &self,
+        state: &EndpointState,
+    ) -> Result<(Arc<Upstream>, Vec<DiscoveredModel>), (Option<Arc<Upstream>>, String)> {
+        let ep = &state.endpoint;
+        let poll_time = MAX_POLL_TIME.min(self.timeouts.read);
+        let addr = resolve(ep, poll_time).await.map_err(|e| (None, e))?;
+        // Keep the same upstream (and so the same pools) while the address is unchanged.
+        let upstream = match &state.upstream {
+            Some(u) if u.addr == addr => u.clone(),
+            _ => Arc::new(Upstream::new(ep.clone(), state.index, addr, self.timeouts)),
+        };
+        let fail = |e: String| (Some(upstream.clone()), e);
+        let body = client::get(&self.connector, &upstream, &ep.discovery_path(), poll_time)
+            .await
+            .map_err(fail)?;
+        let models = match ep.kind {
+            EndpointKind::Openai => parse::openai_models(&body),
+            EndpointKind::Ocf => parse::ocf_models(&body),
+        }
+        .map_err(fail)?;
+        Ok((upstream, models))
+    }
+}
+
+/// The endpoint's address: its IP literal, or its host name looked up now (off the request path).
+async fn resolve(ep: &Endpoint, timeout: Duration) -> Result<SocketAddr, String> {
+    if let Ok(ip) = ep.host.parse::<std::net::IpAddr>() {
+        return Ok(SocketAddr::new(ip, ep.port));
+    }
+    let lookup = tokio::net::lookup_host((ep.host.as_str(), ep.port));
+    match tokio::time::timeout(timeout, lookup).await {
+        Ok(Ok(mut addrs)) => addrs
+            .next()
+            .ok_or_else(|| format!("{} resolves to no address", ep.host)),
+        Ok(Err(e)) => Err(format!("cannot resolve {}: {e}", ep.host)),
+        Err(_) => Err(format!("resolving {} timed out", ep.host)),
+    }
+}
+
+#[async_trait]
+impl BackgroundService for Discovery {
+    async fn start_with_ready_notifier(
+        &self,
+        mut shutdown: ShutdownWatch,
+        ready: ServiceReadyNotifier,
+    ) {
+        let mut states: Vec<EndpointState> = self
+            .endpoints
+            .iter()
+            .enumerate()
+            .map(|(i, e)| EndpointState::new(e.clone(), i))
+            .collect();
+        self.round(&mut states).await;
+        ready.notify_ready();
+        let first = tokio::time::Instant::now() + self.interval;
+        let mut tick = tokio::time::interval_at(first, self.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                _ = tick.tick() => self.round(&mut states).await,
+            }
+        }
+    }
+}

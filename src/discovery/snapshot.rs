@@ -1,0 +1,172 @@
+//! Build a routing snapshot from discovery state: pools per model (reusing unchanged ones),
+//! and the `/v1/models` and `/v1/endpoints` bodies.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use serde_json::json;
+
+use super::{EndpointState, PollStatus};
+use crate::openai::{List, ModelEntry};
+use crate::routes::{Pool, Routes};
+use crate::upstream::Upstream;
+
+fn unix(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// A new snapshot. `previous` lends its pools where membership is unchanged, so balancing
+/// state survives a discovery round.
+pub fn build_routes(states: &[EndpointState], previous: &Routes, started: SystemTime) -> Routes {
+    // BTreeMap: the model list comes out sorted by id.
+    let mut members: BTreeMap<&str, Vec<Arc<Upstream>>> = BTreeMap::new();
+    let mut entries: BTreeMap<&str, ModelEntry> = BTreeMap::new();
+    for s in states {
+        let Some(upstream) = &s.upstream else {
+            continue;
+        };
+        for m in &s.models {
+            members.entry(&m.id).or_default().push(upstream.clone());
+            entries.entry(&m.id).or_insert_with(|| ModelEntry {
+                id: m.id.clone(),
+                object: "model",
+                created: m.created.unwrap_or_else(|| unix(started)),
+                owned_by: m
+                    .owned_by
+                    .clone()
+                    .unwrap_or_else(|| s.endpoint.name.clone()),
+            });
+        }
+    }
+    let pools: HashMap<String, Arc<Pool>> = members
+        .into_iter()
+        .map(|(model, ups)| {
+            let pool = match previous.pool(model) {
+                Some(p) if p.same_members(&ups) => p.clone(),
+                _ => Arc::new(Pool::new(ups)),
+            };
+            (model.to_string(), pool)
+        })
+        .collect();
+    let default_upstream = states.iter().find_map(|s| s.upstream.clone());
+    let models_json = to_bytes(&List::new(entries.into_values().collect()));
+    let endpoints_json = to_bytes(&List::new(states.iter().map(endpoint_view).collect()));
+    Routes::new(pools, default_upstream, models_json, endpoints_json)
+}
+
+fn to_bytes<T: serde::Serialize>(v: &T) -> Bytes {
+    Bytes::from(serde_json::to_vec(v).expect("plain data serializes"))
+}
+
+/// One `/v1/endpoints` entry. Never the key: only whether there is one.
+fn endpoint_view(s: &EndpointState) -> serde_json::Value {
+    let (status, error) = match &s.status {
+        PollStatus::Pending => ("pending", None),
+        PollStatus::Ok => ("ok", None),
+        PollStatus::Failed(e) => ("failed", Some(e.as_str())),
+    };
+    let ep = &s.endpoint;
+    json!({
+        "name": ep.name,
+        "url": ep.url,
+        "type": ep.kind.as_str(),
+        "models": s.models.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(),
+        "healthy": s.healthy(),
+        "address": s.upstream.as_ref().map(|u| u.addr.to_string()),
+        "has_api_key": ep.authorization.is_some(),
+        "discovery": {
+            "status": status,
+            "error": error,
+            "last_success": s.last_success.map(unix),
+            "last_attempt": s.last_attempt.map(unix),
+            "consecutive_failures": s.consecutive_failures,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::discovery::parse::DiscoveredModel;
+    use crate::endpoint::{ApiKey, Endpoint, EndpointKind};
+    use crate::upstream::Timeouts;
+    use std::time::Duration;
+
+    fn state(i: usize, port: u16, models: &[&str], status: PollStatus) -> EndpointState {
+        let ep = Arc::new(
+            Endpoint::new(
+                &format!("http://127.0.0.1:{port}"),
+                EndpointKind::Openai,
+                None,
+                Some(ApiKey::new("sk-hidden".into())),
+                None,
+            )
+            .unwrap(),
+        );
+        let t = Timeouts {
+            connect: Duration::from_secs(1),
+            read: Duration::from_secs(1),
+        };
+        let mut s = EndpointState::new(ep.clone(), i);
+        s.upstream = Some(Arc::new(Upstream::new(
+            ep,
+            i,
+            ([127, 0, 0, 1], port).into(),
+            t,
+        )));
+        s.models = models
+            .iter()
+            .map(|m| DiscoveredModel {
+                id: m.to_string(),
+                created: None,
+                owned_by: None,
+            })
+            .collect();
+        s.status = status;
+        s
+    }
+
+    #[test]
+    fn union_of_models_each_once_and_pool_reuse() {
+        let states = vec![
+            state(0, 1, &["b", "a"], PollStatus::Ok),
+            state(1, 2, &["a", "c"], PollStatus::Failed("down".into())),
+        ];
+        let r1 = build_routes(&states, &Routes::default(), SystemTime::now());
+        let v: serde_json::Value = serde_json::from_slice(&r1.models_json).unwrap();
+        let ids: Vec<&str> = v["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, ["a", "b", "c"]);
+        assert_eq!(r1.pool("a").unwrap().len(), 2);
+        assert_eq!(r1.default_upstream.as_ref().unwrap().index, 0);
+
+        let r2 = build_routes(&states, &r1, SystemTime::now());
+        assert!(Arc::ptr_eq(r1.pool("a").unwrap(), r2.pool("a").unwrap()));
+        let fewer = vec![state(0, 1, &["a"], PollStatus::Ok)];
+        let r3 = build_routes(&fewer, &r2, SystemTime::now());
+        assert!(!Arc::ptr_eq(r2.pool("a").unwrap(), r3.pool("a").unwrap()));
+        assert!(r3.pool("c").is_none());
+    }
+
+    #[test]
+    fn endpoints_view_has_status_and_no_key() {
+        let states = vec![state(0, 1, &["a"], PollStatus::Failed("HTTP 500".into()))];
+        let r = build_routes(&states, &Routes::default(), SystemTime::now());
+        let text = String::from_utf8(r.endpoints_json.to_vec()).unwrap();
+        assert!(!text.contains("sk-hidden"));
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let e = &v["data"][0];
+        assert_eq!(e["type"], "openai");
+        assert_eq!(e["healthy"], false);
+        assert_eq!(e["models"][0], "a");
+        assert_eq!(e["discovery"]["status"], "failed");
+        assert_eq!(e["discovery"]["error"], "HTTP 500");
+    }
+}

@@ -1,0 +1,289 @@
+//! An upstream model server as configured: where it is, how to talk to it, how paths map.
+
+use std::fmt;
+use std::sync::Arc;
+
+use http::HeaderValue;
+use pingora::protocols::tls::CaType;
+use serde::Deserialize;
+
+/// The protocol an endpoint speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum EndpointKind {
+    /// An OpenAI-compatible server (vLLM, SGLang, TGI, llama.cpp, Ollama, api.openai.com).
+    #[default]
+    Openai,
+    /// An OCF/OpenTela head: models from `/v1/dnt/table`, requests under `/v1/service/llm`.
+    Ocf,
+}
+
+impl EndpointKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndpointKind::Openai => "openai",
+            EndpointKind::Ocf => "ocf",
+        }
+    }
+}
+
+/// The path prefix an OCF head routes to its peers' `llm` services.
+pub const OCF_SERVICE_PREFIX: &str = "/v1/service/llm";
+
+/// An upstream API key. Its `Debug` never shows the key, so it cannot leak through a log line.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiKey(String);
+
+impl ApiKey {
+    pub fn new(key: String) -> Self {
+        ApiKey(key)
+    }
+}
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ApiKey(***)")
+    }
+}
+
+/// A validated endpoint. Built once from config; shared read-only by discovery and the proxy.
+pub struct Endpoint {
+    /// Shown in `/v1/endpoints`, logs and metrics.
+    pub name: String,
+    pub kind: EndpointKind,
+    /// The normalized base URL (no trailing slash). Holds no credentials (config rejects them).
+    pub url: String,
+    pub tls: bool,
+    /// Host name or IP literal, without brackets: what DNS resolves and what SNI carries.
+    pub host: String,
+    pub port: u16,
+    /// The `Host` header the upstream expects (`host` or `host:port` for a non-default port).
+    pub host_header: HeaderValue,
+    /// The URL's path prefix without a trailing slash ("" for none).
+    pub base_path: String,
+    /// `Bearer <key>`, marked sensitive; `None` when the endpoint has no key.
+    pub authorization: Option<HeaderValue>,
+    /// Trusted CAs for this endpoint in place of the system roots (`ca_file`).
+    pub ca: Option<Arc<CaType>>,
+}
+
+impl fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .field("url", &self.url)
+            .field("has_key", &self.authorization.is_some())
+            .field("has_ca", &self.ca.is_some())
+            .finish()
+    }
+}
+
+/// The parts of an endpoint URL the gateway needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UrlParts {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+    pub base_path: String,
+}
+
+/// Parse an endpoint base URL: `http(s)://host[:port][/prefix]`, no credentials, query or fragment.
+pub fn parse_url(url: &str) -> Result<UrlParts, String> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| format!("invalid URL {url:?}: {e}"))?;
+    let tls = match uri.scheme_str() {
+        Some("http") => false,
+        Some("https") => true,
+        Some(other) => {
+            return Err(format!(
+                "URL {url:?} has scheme {other:?}; use http or https"
+            ))
+        }
+        None => return Err(format!("URL {url:?} needs a scheme (http:// or https://)")),
+    };
+    let authority = uri
+        .authority()
+        .ok_or_else(|| format!("URL {url:?} has no host"))?;
+    if authority.as_str().contains('@') {
+        return Err(format!(
+            "URL {:?} must not carry credentials; use api_key or api_key_env",
+            redact_userinfo(url)
+        ));
+    }
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    if host.is_empty() {
+        return Err(format!("URL {url:?} has no host"));
+    }
+    if url.contains('?') || url.contains('#') {
+        return Err(format!("URL {url:?} must not have a query or fragment"));
+    }
+    let port = authority.port_u16().unwrap_or(if tls { 443 } else { 80 });
+    let base_path = uri.path().trim_end_matches('/').to_string();
+    Ok(UrlParts {
+        tls,
+        host: host.to_string(),
+        port,
+        base_path,
+    })
+}
+
+fn redact_userinfo(url: &str) -> String {
+    match (url.find("://"), url.find('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}***{}", &url[..s + 3], &url[at..]),
+        _ => url.to_string(),
+    }
+}
+
+impl Endpoint {
+    /// Build from config values; `name` defaults to the URL's `host:port`.
+    pub fn new(
+        url: &str,
+        kind: EndpointKind,
+        name: Option<String>,
+        api_key: Option<ApiKey>,
+        ca: Option<Arc<CaType>>,
+    ) -> Result<Endpoint, String> {
+        let trimmed = url.trim().trim_end_matches('/');
+        let parts = parse_url(trimmed)?;
+        let default_port = if parts.tls { 443 } else { 80 };
+        let host_for_header = if parts.host.contains(':') {
+            format!("[{}]", parts.host)
+        } else {
+            parts.host.clone()
+        };
+        let host_header = if parts.port == default_port {
+            host_for_header.clone()
+        } else {
+            format!("{host_for_header}:{}", parts.port)
+        };
+        let host_header = HeaderValue::from_str(&host_header)
+            .map_err(|_| format!("URL {url:?} has a host that is not a valid header value"))?;
+        let authorization = match api_key {
+            Some(ApiKey(key)) => {
+                let mut v = HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| {
+                    "api key contains characters not allowed in a header".to_string()
+                })?;
+                v.set_sensitive(true);
+                Some(v)
+            }
+            None => None,
+        };
+        Ok(Endpoint {
+            name: name.unwrap_or_else(|| format!("{host_for_header}:{}", parts.port)),
+            kind,
+            url: trimmed.to_string(),
+            tls: parts.tls,
+            host: parts.host,
+            port: parts.port,
+            host_header,
+            base_path: parts.base_path,
+            authorization,
+            ca,
+        })
+    }
+
+    /// The upstream path for a client path (with its query): base path, then the OCF prefix
+    /// for ocf endpoints, then the client's path unchanged.
+    pub fn upstream_path(&self, client_path: &str) -> String {
+        let prefix = match self.kind {
+            EndpointKind::Openai => "",
+            EndpointKind::Ocf => OCF_SERVICE_PREFIX,
+        };
+        let mut p = String::with_capacity(self.base_path.len() + prefix.len() + client_path.len());
+        p.push_str(&self.base_path);
+        p.push_str(prefix);
+        p.push_str(client_path);
+        p
+    }
+
+    /// Whether the client path needs rewriting at all (the common case does not).
+    pub fn rewrites_path(&self) -> bool {
+        !self.base_path.is_empty() || self.kind == EndpointKind::Ocf
+    }
+
+    /// The path discovery polls for this endpoint's model list.
+    pub fn discovery_path(&self) -> String {
+        let p = match self.kind {
+            EndpointKind::Openai => "/v1/models",
+            EndpointKind::Ocf => "/v1/dnt/table",
+        };
+        format!("{}{p}", self.base_path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ep(url: &str, kind: EndpointKind) -> Endpoint {
+        Endpoint::new(url, kind, None, None, None).unwrap()
+    }
+
+    #[test]
+    fn parses_urls_with_defaults() {
+        let e = ep("http://10.0.0.5:8000/", EndpointKind::Openai);
+        assert_eq!(e.url, "http://10.0.0.5:8000");
+        assert_eq!(e.name, "10.0.0.5:8000");
+        assert_eq!(e.host_header, "10.0.0.5:8000");
+        assert!(!e.tls);
+        let e = ep("https://api.openai.com", EndpointKind::Openai);
+        assert_eq!((e.port, e.tls), (443, true));
+        assert_eq!(e.host_header, "api.openai.com");
+        assert_eq!(e.name, "api.openai.com:443");
+        let e = ep("http://[::1]:9000/api", EndpointKind::Openai);
+        assert_eq!(e.host, "::1");
+        assert_eq!(e.host_header, "[::1]:9000");
+        assert_eq!(e.base_path, "/api");
+    }
+
+    #[test]
+    fn rejects_bad_urls() {
+        for bad in [
+            "ftp://x",
+            "localhost:8000",
+            "http://",
+            "http://u:secret@h",
+            "http://h/?a=1",
+            "not a url",
+        ] {
+            let err = parse_url(bad).unwrap_err();
+            assert!(!err.contains("secret"), "{err}");
+        }
+    }
+
+    #[test]
+    fn maps_paths_per_kind() {
+        let o = ep("http://h:1", EndpointKind::Openai);
+        assert_eq!(
+            o.upstream_path("/v1/chat/completions"),
+            "/v1/chat/completions"
+        );
+        assert!(!o.rewrites_path());
+        assert_eq!(o.discovery_path(), "/v1/models");
+        let c = ep("http://h:1/base", EndpointKind::Ocf);
+        assert_eq!(
+            c.upstream_path("/v1/chat/completions?x=1"),
+            "/base/v1/service/llm/v1/chat/completions?x=1"
+        );
+        assert_eq!(c.discovery_path(), "/base/v1/dnt/table");
+    }
+
+    #[test]
+    fn key_is_sensitive_and_hidden_from_debug() {
+        let e = Endpoint::new(
+            "http://h:1",
+            EndpointKind::Openai,
+            None,
+            Some(ApiKey::new("sk-secret".into())),
+            None,
+        )
+        .unwrap();
+        assert!(e.authorization.as_ref().unwrap().is_sensitive());
+        assert!(!format!("{e:?}").contains("sk-secret"));
+    }
+}

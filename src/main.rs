@@ -1,0 +1,85 @@
+//! The `ai-proxy` command: parse the CLI, load and validate the config, run the gateway.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use ai_proxy::config::{Config, ProcessEnv, Source};
+use clap::Parser;
+
+/// An OpenAI-compatible AI gateway: routes each request by its `model` to a healthy endpoint
+/// (OpenAI-compatible servers and OCF networks), discovering models in the background.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    /// YAML config file. Default: conf/ai-proxy.yaml when it exists, else the environment
+    /// (ENDPOINTS, API_KEY, TARGET_OPENAI_URL). Env PORT and TIMEOUT override the file.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// Validate FILE (with the current environment), print a summary, and exit 0, or 1 with
+    /// the problem.
+    #[arg(long, value_name = "FILE", conflicts_with = "config")]
+    check_config: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+
+    if let Some(path) = cli.check_config {
+        return match Config::from_file(&path, &ProcessEnv) {
+            Ok(c) => {
+                println!("{}: OK, {}", path.display(), summary(&c));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("ai-proxy: invalid config: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+
+    let loaded = match &cli.config {
+        Some(path) => Config::from_file(path, &ProcessEnv),
+        None => Config::load_default(&ProcessEnv),
+    };
+    let config = match loaded {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ai-proxy: invalid config: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // Pingora panics when it cannot bind; say why plainly instead.
+    if let Err(e) = std::net::TcpListener::bind(config.listen) {
+        eprintln!("ai-proxy: cannot listen on {}: {e}", config.listen);
+        return ExitCode::FAILURE;
+    }
+    log::info!(
+        "ai-proxy {} starting: {}",
+        env!("CARGO_PKG_VERSION"),
+        summary(&config)
+    );
+    ai_proxy::build_server(&config).run_forever()
+}
+
+fn summary(c: &Config) -> String {
+    let from = match &c.source {
+        Source::Yaml(p) => format!("endpoints from {}", p.display()),
+        Source::Env => "endpoints from the environment".to_string(),
+    };
+    let endpoints: Vec<String> = c
+        .endpoints
+        .iter()
+        .map(|e| format!("{} ({} {})", e.name, e.kind.as_str(), e.url))
+        .collect();
+    format!(
+        "listen {}, {from}: {}; timeout {} s, discovery every {} s, max body {} bytes, {} threads",
+        c.listen,
+        endpoints.join(", "),
+        c.timeout.as_secs(),
+        c.discovery_interval.as_secs(),
+        c.max_body_bytes,
+        c.threads
+    )
+}

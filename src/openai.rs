@@ -1,0 +1,92 @@
+//! The few OpenAI shapes the gateway reads or writes: the `model` of a request body, and the
+//! model list.
+
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
+
+/// Why a body has no routable model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeekError {
+    /// Not a JSON object (message from the parser, with position).
+    NotJson(String),
+}
+
+/// Read the top-level `model` of a JSON body without building a JSON tree.
+/// `Ok(None)`: a JSON object without a string `model`.
+pub fn peek_model(body: &[u8]) -> Result<Option<String>, PeekError> {
+    /// Only `model` is kept; serde skips every other field without building values, while
+    /// still checking that the whole body is well-formed JSON.
+    #[derive(Deserialize)]
+    struct Peek<'a> {
+        #[serde(borrow, default)]
+        model: Option<Cow<'a, str>>,
+    }
+    match serde_json::from_slice::<Peek>(body) {
+        Ok(p) => Ok(p.model.map(Cow::into_owned)),
+        Err(e) => Err(PeekError::NotJson(e.to_string())),
+    }
+}
+
+/// One model as `/v1/models` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ModelEntry {
+    pub id: String,
+    pub object: &'static str,
+    pub created: i64,
+    pub owned_by: String,
+}
+
+/// `{"object":"list","data":[...]}`
+#[derive(Serialize)]
+pub struct List<T> {
+    pub object: &'static str,
+    pub data: Vec<T>,
+}
+
+impl<T> List<T> {
+    pub fn new(data: Vec<T>) -> Self {
+        List {
+            object: "list",
+            data,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_model_anywhere_at_top_level() {
+        let body = br#"{"messages":[{"role":"user","content":"hi \"model\": x"}],"stream":true,"model":"m-1"}"#;
+        assert_eq!(peek_model(body), Ok(Some("m-1".into())));
+        assert_eq!(
+            peek_model(br#"{"model":"a\/b\u00e9"}"#),
+            Ok(Some("a/b\u{e9}".into()))
+        );
+    }
+
+    #[test]
+    fn nested_model_is_not_the_model() {
+        assert_eq!(peek_model(br#"{"input":{"model":"x"},"n":1}"#), Ok(None));
+    }
+
+    #[test]
+    fn rejects_non_objects_and_broken_json() {
+        for bad in [
+            &b"{"[..],
+            b"[1]",
+            b"not json",
+            b"{\"model\":1}",
+            b"{\"model\":\"a\"} x",
+        ] {
+            assert!(
+                matches!(peek_model(bad), Err(PeekError::NotJson(_))),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(peek_model(b"{}"), Ok(None));
+        assert_eq!(peek_model(br#"{"model":null}"#), Ok(None));
+    }
+}

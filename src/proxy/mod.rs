@@ -1,0 +1,392 @@
+//! The Pingora `ProxyHttp`: answers local routes, reads the body's `model`, picks an upstream
+//! from the model's pool, rewrites the request for it, retries connect failures on another
+//! endpoint, and renders every gateway error as OpenAI error JSON in `fail_to_proxy`.
+//!
+//! Bodies up to 64 KiB go upstream from Pingora's retry buffer. Larger ones are re-sent through
+//! a subrequest that carries the body already read (Pingora 0.9 forwards nothing past its
+//! 64 KiB buffer once `request_filter` has read the body); the subrequest runs these same
+//! phases with the route decided here.
+
+mod body;
+mod local;
+mod respond;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::http::RequestHeader;
+use pingora::proxy::subrequest::pipe::{pipe_subrequest, InputBody, InputBodyType};
+use pingora::proxy::subrequest::{BodyMode, Ctx as SubrequestCtx};
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorSource, ErrorType, Result};
+
+use crate::config::Config;
+use crate::error::{ErrorKind, Rendered};
+use crate::openai::{peek_model, PeekError};
+use crate::routes::{Pool, Routes, SharedRoutes};
+use crate::upstream::Upstream;
+
+/// Routes whose requests are meaningless without a `model`: a JSON body without one is a 400.
+const MODEL_ROUTES: &[&str] = &[
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+    "/v1/responses",
+];
+
+/// Where a request goes: decided once in `request_filter`, used by every attempt (and handed
+/// to a large-body subrequest so it neither reads nor parses the body again).
+#[derive(Clone)]
+enum Target {
+    /// The endpoints serving `model`.
+    Model { model: String, pool: Arc<Pool> },
+    /// A request without a model: the first configured endpoint.
+    Default(Arc<Upstream>),
+}
+
+/// Per-request state.
+#[derive(Default)]
+pub struct RequestCtx {
+    target: Option<Target>,
+    /// Endpoint indexes already attempted by this request.
+    tried: Vec<usize>,
+    /// Retries on a fresh connection after a reused pooled one failed.
+    stale_retries: u8,
+}
+
+impl RequestCtx {
+    fn model(&self) -> Option<&str> {
+        match self.target.as_ref()? {
+            Target::Model { model, .. } => Some(model),
+            Target::Default(_) => None,
+        }
+    }
+
+    /// Whether another endpoint could still take this request.
+    fn has_untried(&self) -> bool {
+        match &self.target {
+            Some(Target::Model { pool, .. }) => pool.select(&self.tried).is_some(),
+            _ => false,
+        }
+    }
+}
+
+/// The gateway's proxy logic.
+pub struct Gateway {
+    routes: SharedRoutes,
+    max_body_bytes: usize,
+    body_deadline: Duration,
+}
+
+impl Gateway {
+    pub fn new(config: &Config, routes: SharedRoutes) -> Self {
+        Gateway {
+            routes,
+            max_body_bytes: config.max_body_bytes,
+            body_deadline: config.timeout,
+        }
+    }
+
+    /// Decide the target of a proxied request from its body.
+    fn target(&self, session: &Session, routes: &Routes, body: &[u8]) -> Result<Target> {
+        let default = || {
+            routes
+                .default_upstream
+                .clone()
+                .map(Target::Default)
+                .ok_or_else(|| ErrorKind::NoHealthyEndpoint.err("no endpoint is reachable yet"))
+        };
+        if body.is_empty() || is_multipart(session) {
+            return default();
+        }
+        let model = match peek_model(body) {
+            Ok(Some(m)) => m,
+            Ok(None) if MODEL_ROUTES.contains(&session.req_header().uri.path()) => {
+                return Err(
+                    ErrorKind::InvalidRequest.err("the request body needs a string `model` field")
+                )
+            }
+            Ok(None) => return default(),
+            Err(PeekError::NotJson(why)) => {
+                return Err(ErrorKind::InvalidRequest.err(format!(
+                    "the request body is not a valid JSON object: {why}"
+                )))
+            }
+        };
+        match routes.pool(&model) {
+            Some(pool) => Ok(Target::Model {
+                pool: pool.clone(),
+                model,
+            }),
+            None if !routes.ready => Err(ErrorKind::NoHealthyEndpoint
+                .err("model discovery has not completed yet; retry shortly")),
+            None => Err(ErrorKind::ModelNotFound.err(format!(
+                "The model `{}` does not exist or is not served by any endpoint",
+                truncate(&model, 200)
+            ))),
+        }
+    }
+
+    /// Re-run the request as a subrequest carrying the body already read (over 64 KiB).
+    async fn forward_large_body(
+        &self,
+        session: &mut Session,
+        target: Target,
+        body: Bytes,
+    ) -> Result<bool> {
+        let Some(spawner) = session.subrequest_spawner.as_ref() else {
+            return Err(ErrorKind::Internal.err("subrequest spawner missing"));
+        };
+        let sub_ctx = SubrequestCtx::builder()
+            .user_ctx(Box::new(target))
+            .body_mode(BodyMode::ExpectBody)
+            .build();
+        let (prepared, handle) = spawner.create_subrequest(session.as_downstream(), sub_ctx);
+        let input = InputBodyType::Preset(InputBody::Bytes(vec![body]));
+        match pipe_subrequest(session, prepared, handle, |t| Ok(Some(t)), input).await {
+            Ok(state) if state.header_received => Ok(true),
+            Ok(_) => Err(ErrorKind::UpstreamFailed.err("the upstream sent no response")),
+            Err(e) => Err(e.error),
+        }
+    }
+}
+
+fn is_multipart(session: &Session) -> bool {
+    session
+        .req_header()
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"multipart/"))
+}
+
+/// Whether a final (non-1xx) response header has gone to the client: from then on nothing
+/// can be retried or answered differently. A `100 Continue` does not count.
+fn answered(session: &Session) -> bool {
+    session
+        .response_written()
+        .is_some_and(|h| !h.status.is_informational())
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::default()
+    }
+
+    /// Only the client's own session may spawn the large-body subrequest.
+    fn allow_spawning_subrequest(&self, session: &Session, _ctx: &RequestCtx) -> bool {
+        session.subrequest_ctx.is_none()
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        if let Some(sub) = session.subrequest_ctx.as_ref() {
+            // The client's session already read the body and chose the route.
+            let target = sub
+                .user_ctx()
+                .and_then(|u| u.downcast_ref::<Target>())
+                .cloned();
+            ctx.target =
+                Some(target.ok_or_else(|| ErrorKind::Internal.err("subrequest without a target"))?);
+            return Ok(false);
+        }
+        let routes = self.routes.load_full();
+        let req = session.req_header();
+        if let Some(answer) = local::answer(&req.method, req.uri.path(), &routes) {
+            return match answer {
+                local::LocalAnswer::Json(status, body) => {
+                    respond::json(session, status, body).await?;
+                    Ok(true)
+                }
+                local::LocalAnswer::Error(kind, msg) => Err(kind.err(msg)),
+            };
+        }
+        let body = body::read(session, self.max_body_bytes, self.body_deadline).await?;
+        let target = self.target(session, &routes, &body)?;
+        ctx.target = Some(target.clone());
+        if session.retry_buffer_truncated() {
+            return self.forward_large_body(session, target, body).await;
+        }
+        Ok(false)
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let target = ctx
+            .target
+            .as_ref()
+            .ok_or_else(|| ErrorKind::Internal.err("no route decided"))?;
+        let upstream = match target {
+            Target::Model { model, pool } => pool.select(&ctx.tried).ok_or_else(|| {
+                ErrorKind::NoHealthyEndpoint
+                    .err(format!("no usable endpoint left for model `{model}`"))
+            })?,
+            Target::Default(u) => u,
+        };
+        ctx.tried.push(upstream.index);
+        Ok(Box::new(upstream.peer()))
+    }
+
+    /// Nothing was sent: another endpoint of the model can take the request.
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        if ctx.has_untried() {
+            log::warn!(
+                "connect to {peer} failed ({}); trying another endpoint for model {}",
+                e.etype().as_str(),
+                ctx.model().unwrap_or("-")
+            );
+            e.set_retry(true);
+        }
+        e
+    }
+
+    /// A pooled connection the upstream had closed is retried once on a fresh connection, when
+    /// nothing reached the client and the body can be replayed. Anything else is final.
+    fn error_while_proxy(
+        &self,
+        _peer: &HttpPeer,
+        session: &mut Session,
+        mut e: Box<Error>,
+        ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let stale_connection = client_reused
+            && *e.esource() == ErrorSource::Upstream
+            && matches!(
+                e.etype(),
+                ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
+            );
+        let replayable = !answered(session) && !session.retry_buffer_truncated();
+        if stale_connection && replayable && ctx.stale_retries == 0 {
+            ctx.stale_retries += 1;
+            ctx.tried.pop();
+            e.set_retry(true);
+        } else {
+            e.set_retry(false);
+        }
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        req: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let Some(index) = ctx.tried.last().copied() else {
+            return Err(ErrorKind::Internal.err("no upstream chosen"));
+        };
+        let Some(target) = ctx.target.as_ref() else {
+            return Err(ErrorKind::Internal.err("no route decided"));
+        };
+        let upstream = match target {
+            Target::Model { pool, .. } => pool.member_by_index(index),
+            Target::Default(u) => Some(u),
+        }
+        .ok_or_else(|| ErrorKind::Internal.err("chosen upstream vanished"))?;
+        let ep = &upstream.endpoint;
+        req.insert_header(http::header::HOST, ep.host_header.clone())?;
+        req.remove_header(&http::header::PROXY_AUTHORIZATION);
+        match &ep.authorization {
+            Some(auth) => {
+                req.insert_header(http::header::AUTHORIZATION, auth.clone())?;
+            }
+            None => {
+                req.remove_header(&http::header::AUTHORIZATION);
+            }
+        }
+        // The gateway has already answered `100 Continue` and holds the body.
+        req.remove_header(&http::header::EXPECT);
+        if ep.rewrites_path() {
+            let original = session
+                .req_header()
+                .uri
+                .path_and_query()
+                .map_or("/", |p| p.as_str());
+            req.set_raw_path(ep.upstream_path(original).as_bytes())?;
+        }
+        Ok(())
+    }
+
+    /// The one place gateway errors become responses.
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy
+    where
+        RequestCtx: Send + Sync,
+    {
+        let rendered = Rendered::from_error(e);
+        let status = rendered.as_ref().map_or(0, |r| r.kind.status());
+        let cannot_write = session.subrequest_ctx.is_some() // the client's session renders it
+            || answered(session); // a partial answer is out: just close
+        let Some(mut rendered) = rendered.filter(|_| !cannot_write) else {
+            return FailToProxy {
+                error_code: status,
+                can_reuse_downstream: false,
+            };
+        };
+        if let (Some(model), ErrorKind::UpstreamFailed | ErrorKind::UpstreamTimeout) =
+            (ctx.model(), rendered.kind)
+        {
+            rendered.message = format!(
+                "{} (model `{model}`, {} attempt(s))",
+                rendered.message,
+                ctx.tried.len()
+            );
+        }
+        if let Err(write_err) = respond::json(session, status, rendered.body()).await {
+            log::debug!("could not send error response: {write_err}");
+        } else if rendered.kind == ErrorKind::BodyTooLarge {
+            body::discard_rest(session).await;
+        }
+        FailToProxy {
+            error_code: status,
+            // Errors before any upstream work leave the connection in a clean state unless
+            // the body was left unread (then keep-alive is already off).
+            can_reuse_downstream: status < 500,
+        }
+    }
+
+    /// Client mistakes are answered, not logged as gateway errors.
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, e: &Error) -> bool {
+        matches!(e.etype(), ErrorType::CustomCode(_, s) if *s < 500)
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        if session.subrequest_ctx.is_some() || !log::log_enabled!(log::Level::Debug) {
+            return;
+        }
+        let status = session.response_written().map_or(0, |h| h.status.as_u16());
+        log::debug!(
+            "{} {} model={} status={status} attempts={} error={}",
+            session.req_header().method,
+            session.req_header().uri.path(),
+            ctx.model().unwrap_or("-"),
+            ctx.tried.len(),
+            e.map_or("-".to_string(), |e| e.etype().as_str().to_string()),
+        );
+    }
+}

@@ -1,0 +1,194 @@
+//! The routing snapshot: model -> pool of upstreams, plus the pre-rendered local listings.
+//! Immutable once built; discovery publishes a new one atomically and the request path reads
+//! it without locks.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use pingora::lb::selection::RoundRobin;
+use pingora::lb::LoadBalancer;
+
+use crate::upstream::Upstream;
+
+/// The upstreams that serve one model, balanced round robin.
+pub struct Pool {
+    lb: LoadBalancer<RoundRobin>,
+    /// Sorted by endpoint index; addresses are unique within a pool.
+    members: Vec<Arc<Upstream>>,
+}
+
+impl Pool {
+    /// A pool of upstreams; ones whose address repeats an earlier member's are dropped (the
+    /// balancer identifies members by address).
+    pub fn new(mut members: Vec<Arc<Upstream>>) -> Pool {
+        members.sort_by_key(|u| u.index);
+        let mut seen = std::collections::HashSet::new();
+        members.retain(|u| {
+            let unique = seen.insert(u.addr);
+            if !unique {
+                log::warn!(
+                    "endpoint {} has the same address {} as another endpoint of the same model; using only the first",
+                    u.endpoint.name,
+                    u.addr
+                );
+            }
+            unique
+        });
+        let lb = LoadBalancer::try_from_iter(members.iter().map(|u| u.addr))
+            .expect("socket addresses need no DNS");
+        Pool { lb, members }
+    }
+
+    /// Whether this pool has exactly these members (endpoint and address), so it can be
+    /// reused with its balancing state.
+    pub fn same_members(&self, other: &[Arc<Upstream>]) -> bool {
+        let mut theirs: Vec<(usize, SocketAddr)> =
+            other.iter().map(|u| (u.index, u.addr)).collect();
+        theirs.sort_unstable();
+        theirs.dedup_by_key(|(_, a)| *a);
+        theirs.len() == self.members.len()
+            && theirs
+                .iter()
+                .zip(&self.members)
+                .all(|((i, a), m)| *i == m.index && *a == m.addr)
+    }
+
+    /// The next upstream by the balancer, skipping endpoints already tried for this request.
+    pub fn select(&self, tried: &[usize]) -> Option<&Arc<Upstream>> {
+        let n = self.members.len();
+        let b = self.lb.select_with(b"", n * 2, |b, healthy| {
+            healthy
+                && self
+                    .member(b.addr.as_inet())
+                    .is_some_and(|m| !tried.contains(&m.index))
+        })?;
+        self.member(b.addr.as_inet())
+    }
+
+    /// The member for an endpoint index (what the request context remembers).
+    pub fn member_by_index(&self, index: usize) -> Option<&Arc<Upstream>> {
+        self.members.iter().find(|m| m.index == index)
+    }
+
+    fn member(&self, addr: Option<&SocketAddr>) -> Option<&Arc<Upstream>> {
+        let addr = addr?;
+        self.members.iter().find(|m| m.addr == *addr)
+    }
+
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+}
+
+/// One published routing state.
+#[derive(Default)]
+pub struct Routes {
+    pools: HashMap<String, Arc<Pool>>,
+    /// Where requests without a model go: the first configured endpoint that has an address.
+    pub default_upstream: Option<Arc<Upstream>>,
+    /// `GET /v1/models`, rendered once per discovery round.
+    pub models_json: Bytes,
+    /// `GET /v1/endpoints`, rendered once per discovery round.
+    pub endpoints_json: Bytes,
+    /// The first discovery round has completed.
+    pub ready: bool,
+}
+
+impl Routes {
+    pub fn new(
+        pools: HashMap<String, Arc<Pool>>,
+        default_upstream: Option<Arc<Upstream>>,
+        models_json: Bytes,
+        endpoints_json: Bytes,
+    ) -> Routes {
+        Routes {
+            pools,
+            default_upstream,
+            models_json,
+            endpoints_json,
+            ready: true,
+        }
+    }
+
+    pub fn pool(&self, model: &str) -> Option<&Arc<Pool>> {
+        self.pools.get(model)
+    }
+
+    pub fn models(&self) -> impl Iterator<Item = &str> {
+        self.pools.keys().map(String::as_str)
+    }
+}
+
+/// The shared handle: discovery stores, requests load.
+pub type SharedRoutes = Arc<ArcSwap<Routes>>;
+
+/// Routes before the first discovery round: nothing routable, not ready.
+pub fn empty_routes() -> SharedRoutes {
+    Arc::new(ArcSwap::from_pointee(Routes {
+        models_json: Bytes::from_static(br#"{"object":"list","data":[]}"#),
+        endpoints_json: Bytes::from_static(br#"{"object":"list","data":[]}"#),
+        ..Routes::default()
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::endpoint::{Endpoint, EndpointKind};
+    use crate::upstream::Timeouts;
+    use std::time::Duration;
+
+    fn up(index: usize, port: u16) -> Arc<Upstream> {
+        let ep = Arc::new(
+            Endpoint::new(
+                &format!("http://127.0.0.1:{port}"),
+                EndpointKind::Openai,
+                None,
+                None,
+                None,
+            )
+            .unwrap(),
+        );
+        let t = Timeouts {
+            connect: Duration::from_secs(1),
+            read: Duration::from_secs(1),
+        };
+        Arc::new(Upstream::new(ep, index, ([127, 0, 0, 1], port).into(), t))
+    }
+
+    #[test]
+    fn round_robin_spreads_and_skips_tried() {
+        let pool = Pool::new(vec![up(1, 2), up(0, 1)]);
+        let mut counts = [0; 2];
+        for _ in 0..10 {
+            counts[pool.select(&[]).unwrap().index] += 1;
+        }
+        assert_eq!(counts, [5, 5]);
+        for _ in 0..4 {
+            assert_eq!(pool.select(&[0]).unwrap().index, 1);
+        }
+        assert!(pool.select(&[0, 1]).is_none());
+    }
+
+    #[test]
+    fn membership_comparison() {
+        let pool = Pool::new(vec![up(0, 1), up(1, 2)]);
+        assert!(pool.same_members(&[up(1, 2), up(0, 1)]));
+        assert!(!pool.same_members(&[up(0, 1)]));
+        assert!(!pool.same_members(&[up(0, 1), up(1, 3)]));
+    }
+
+    #[test]
+    fn duplicate_addresses_collapse() {
+        let pool = Pool::new(vec![up(0, 1), up(1, 1)]);
+        assert_eq!(pool.len(), 1);
+        assert!(pool.same_members(&[up(0, 1), up(1, 1)]));
+    }
+}

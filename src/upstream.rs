@@ -1,0 +1,62 @@
+//! An endpoint at a resolved address: what a pool member and a discovery poll connect to.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pingora::upstreams::peer::HttpPeer;
+
+use crate::endpoint::Endpoint;
+
+/// How long a pooled upstream connection may sit idle. Below the 5 s keep-alive of uvicorn
+/// (vLLM, SGLang) so the gateway drops a connection before the server does, not while
+/// sending a request on it.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
+
+/// Per-connection timeouts from the config.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub connect: Duration,
+    /// Each read: time to first byte, and every gap between chunks after it.
+    pub read: Duration,
+}
+
+/// An endpoint reachable at one address (its host resolved by discovery).
+#[derive(Debug)]
+pub struct Upstream {
+    pub endpoint: Arc<Endpoint>,
+    /// The endpoint's position in the config: its identity across discovery rounds.
+    pub index: usize,
+    pub addr: SocketAddr,
+    /// Built once; the request path clones it instead of rebuilding options per request.
+    peer: HttpPeer,
+}
+
+impl Upstream {
+    pub fn new(endpoint: Arc<Endpoint>, index: usize, addr: SocketAddr, t: Timeouts) -> Self {
+        let sni = if endpoint.tls {
+            endpoint.host.clone()
+        } else {
+            String::new()
+        };
+        let mut peer = HttpPeer::new(addr, endpoint.tls, sni);
+        let o = &mut peer.options;
+        o.connection_timeout = Some(t.connect);
+        o.total_connection_timeout = Some(t.connect * 2);
+        o.read_timeout = Some(t.read);
+        o.write_timeout = Some(t.read);
+        o.idle_timeout = Some(POOL_IDLE_TIMEOUT);
+        o.ca = endpoint.ca.clone();
+        Upstream {
+            endpoint,
+            index,
+            addr,
+            peer,
+        }
+    }
+
+    /// A peer to connect to this upstream.
+    pub fn peer(&self) -> HttpPeer {
+        self.peer.clone()
+    }
+}
