@@ -1,1 +1,69 @@
-fn main() {}
+//! Micro-benchmarks of the per-request work: reading `model` out of request bodies of typical
+//! and long-prompt sizes, and picking an upstream from a model's pool.
+//! Run: `cargo bench --bench hot_path`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ai_proxy::endpoint::{Endpoint, EndpointKind};
+use ai_proxy::openai::peek_model;
+use ai_proxy::routes::Pool;
+use ai_proxy::upstream::{Timeouts, Upstream};
+use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+
+/// A chat request whose prompt makes it about `size` bytes, `model` last (as OpenAI SDKs send).
+fn chat_body(size: usize) -> Vec<u8> {
+    let content = "lorem ipsum ".repeat(size / 12);
+    format!(
+        r#"{{"messages":[{{"role":"system","content":"You are helpful."}},{{"role":"user","content":"{content}"}}],"temperature":0.2,"stream":true,"model":"meta-llama/Llama-3.3-70B-Instruct"}}"#
+    )
+    .into_bytes()
+}
+
+fn bench_peek(c: &mut Criterion) {
+    let mut g = c.benchmark_group("peek_model");
+    for size in [1 << 10, 64 << 10, 1 << 20] {
+        let body = chat_body(size);
+        g.throughput(Throughput::Bytes(body.len() as u64));
+        g.bench_with_input(BenchmarkId::from_parameter(size), &body, |b, body| {
+            b.iter(|| peek_model(black_box(body)).unwrap())
+        });
+    }
+    g.finish();
+}
+
+fn bench_select(c: &mut Criterion) {
+    let t = Timeouts {
+        connect: Duration::from_secs(1),
+        read: Duration::from_secs(1),
+    };
+    let members: Vec<Arc<Upstream>> = (0..4)
+        .map(|i| {
+            let port = 9000 + i as u16;
+            let ep = Endpoint::new(
+                &format!("http://127.0.0.1:{port}"),
+                EndpointKind::Openai,
+                None,
+                None,
+                None,
+            )
+            .unwrap();
+            Arc::new(Upstream::new(
+                Arc::new(ep),
+                i,
+                ([127, 0, 0, 1], port).into(),
+                t,
+            ))
+        })
+        .collect();
+    let pool = Pool::new(members);
+    c.bench_function("pool_select_4", |b| {
+        b.iter(|| pool.select(black_box(&[])).map(|u| u.index))
+    });
+    c.bench_function("pool_select_4_one_tried", |b| {
+        b.iter(|| pool.select(black_box(&[1])).map(|u| u.index))
+    });
+}
+
+criterion_group!(benches, bench_peek, bench_select);
+criterion_main!(benches);

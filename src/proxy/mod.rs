@@ -55,6 +55,8 @@ pub struct RequestCtx {
     tried: Vec<usize>,
     /// Retries on a fresh connection after a reused pooled one failed.
     stale_retries: u8,
+    /// The request went upstream through a large-body subrequest, which logs its own errors.
+    via_subrequest: bool,
 }
 
 impl RequestCtx {
@@ -214,10 +216,12 @@ impl ProxyHttp for Gateway {
         }
         let body = body::read(session, self.max_body_bytes, self.body_deadline).await?;
         let target = self.target(session, &routes, &body)?;
-        ctx.target = Some(target.clone());
         if session.retry_buffer_truncated() {
+            ctx.target = Some(target.clone());
+            ctx.via_subrequest = true;
             return self.forward_large_body(session, target, body).await;
         }
+        ctx.target = Some(target);
         Ok(false)
     }
 
@@ -351,11 +355,7 @@ impl ProxyHttp for Gateway {
         if let (Some(model), ErrorKind::UpstreamFailed | ErrorKind::UpstreamTimeout) =
             (ctx.model(), rendered.kind)
         {
-            rendered.message = format!(
-                "{} (model `{model}`, {} attempt(s))",
-                rendered.message,
-                ctx.tried.len()
-            );
+            rendered.message = format!("{} (model `{model}`)", rendered.message);
         }
         if let Err(write_err) = respond::json(session, status, rendered.body()).await {
             log::debug!("could not send error response: {write_err}");
@@ -370,9 +370,10 @@ impl ProxyHttp for Gateway {
         }
     }
 
-    /// Client mistakes are answered, not logged as gateway errors.
-    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, e: &Error) -> bool {
-        matches!(e.etype(), ErrorType::CustomCode(_, s) if *s < 500)
+    /// Client mistakes are answered, not logged as gateway errors; a subrequest's failure is
+    /// logged once, by the subrequest.
+    fn suppress_error_log(&self, _session: &Session, ctx: &RequestCtx, e: &Error) -> bool {
+        ctx.via_subrequest || matches!(e.etype(), ErrorType::CustomCode(_, s) if *s < 500)
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {

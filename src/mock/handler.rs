@@ -1,0 +1,308 @@
+//! Request handling of the mock upstream: recording, per-request overrides, routing and answers.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use serde_json::Value;
+
+use super::body::{MockBody, SseBody};
+use super::shapes::{self, Completion, Endpoint};
+use super::{lock, MockKind, RecordedRequest, Shared, StreamRecord};
+
+const OCF_SERVICE_PREFIX: &str = "/v1/service/llm";
+const JSON: &str = "application/json";
+
+/// Per-request settings, from the config and the `x-mock-*` request headers.
+struct Overrides {
+    delay: Duration,
+    events: usize,
+    interval: Duration,
+    status: Option<StatusCode>,
+}
+
+fn header_u64(headers: &HeaderMap, name: &str) -> Option<u64> {
+    headers.get(name)?.to_str().ok()?.trim().parse().ok()
+}
+
+impl Overrides {
+    fn new(shared: &Shared, headers: &HeaderMap) -> Self {
+        Overrides {
+            delay: header_u64(headers, "x-mock-delay-ms")
+                .map(Duration::from_millis)
+                .unwrap_or(shared.response_delay),
+            events: header_u64(headers, "x-mock-events")
+                .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
+                .unwrap_or(shared.sse_events),
+            interval: header_u64(headers, "x-mock-interval-ms")
+                .map(Duration::from_millis)
+                .unwrap_or(shared.sse_interval),
+            status: header_u64(headers, "x-mock-status")
+                .filter(|s| (300..=599).contains(s))
+                .and_then(|s| StatusCode::from_u16(s as u16).ok()),
+        }
+    }
+}
+
+fn respond(
+    shared: &Shared,
+    status: StatusCode,
+    content_type: &'static str,
+    body: Bytes,
+) -> Response<MockBody> {
+    let len = body.len();
+    let mut resp = Response::new(MockBody::full(body));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(CONTENT_LENGTH, HeaderValue::from(len));
+    h.insert("x-mock-name", shared.name_header.clone());
+    resp
+}
+
+fn json_ok(shared: &Shared, body: Bytes) -> Response<MockBody> {
+    respond(shared, StatusCode::OK, JSON, body)
+}
+
+fn error(shared: &Shared, status: StatusCode, message: &str, code: &str) -> Response<MockBody> {
+    respond(
+        shared,
+        status,
+        JSON,
+        shapes::error_json(status, message, code),
+    )
+}
+
+fn not_found(shared: &Shared, path: &str) -> Response<MockBody> {
+    let msg = format!("mock {}: no route for {path}", shared.name);
+    error(shared, StatusCode::NOT_FOUND, &msg, "not_found")
+}
+
+fn method_not_allowed(shared: &Shared, method: &Method, path: &str) -> Response<MockBody> {
+    let msg = format!(
+        "mock {}: method {method} not allowed on {path}",
+        shared.name
+    );
+    error(
+        shared,
+        StatusCode::METHOD_NOT_ALLOWED,
+        &msg,
+        "method_not_allowed",
+    )
+}
+
+fn discovery_failing(shared: &Shared) -> Option<Response<MockBody>> {
+    shared.discovery_failing.load(Ordering::Relaxed).then(|| {
+        let msg = format!(
+            "mock {}: discovery is failing (set_discovery_failing)",
+            shared.name
+        );
+        error(
+            shared,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &msg,
+            "mock_discovery_failing",
+        )
+    })
+}
+
+/// Handle one request. Never panics; every outcome is an HTTP response.
+pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<MockBody> {
+    let received_at = Instant::now();
+    let n = shared.count.fetch_add(1, Ordering::Relaxed) + 1;
+    let (parts, body) = req.into_parts();
+    let body = match body.collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(e) => {
+            let msg = format!("mock {}: could not read the request body: {e}", shared.name);
+            return error(&shared, StatusCode::BAD_REQUEST, &msg, "bad_body");
+        }
+    };
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| parts.uri.path().to_string());
+    if shared.record {
+        let headers = parts
+            .headers
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect();
+        lock(&shared.requests).push(RecordedRequest {
+            method: parts.method.as_str().to_string(),
+            path: path_and_query.clone(),
+            headers,
+            body: body.clone(),
+            received_at,
+        });
+    }
+
+    let ov = Overrides::new(&shared, &parts.headers);
+    if !ov.delay.is_zero() {
+        tokio::time::sleep(ov.delay).await;
+    }
+    if let Some(status) = ov.status {
+        let msg = format!(
+            "mock {}: forced status {} (x-mock-status)",
+            shared.name,
+            status.as_u16()
+        );
+        return error(&shared, status, &msg, "mock_status");
+    }
+    route(
+        &shared,
+        &parts.method,
+        parts.uri.path(),
+        &path_and_query,
+        &body,
+        &ov,
+        n,
+    )
+}
+
+fn route(
+    shared: &Arc<Shared>,
+    method: &Method,
+    path: &str,
+    path_and_query: &str,
+    body: &Bytes,
+    ov: &Overrides,
+    n: usize,
+) -> Response<MockBody> {
+    let get_only = |f: &dyn Fn() -> Response<MockBody>| {
+        if method == Method::GET || method == Method::HEAD {
+            f()
+        } else {
+            method_not_allowed(shared, method, path)
+        }
+    };
+    match path {
+        "/health" | "/v1/health" => {
+            return get_only(&|| json_ok(shared, Bytes::from_static(br#"{"status":"ok"}"#)))
+        }
+        "/v1/models" => return get_only(&|| models(shared)),
+        "/v1/dnt/table" if shared.kind == MockKind::Ocf => return get_only(&|| dnt_table(shared)),
+        _ => {}
+    }
+    let inference_path = match shared.kind {
+        MockKind::OpenAi => Some(path),
+        MockKind::Ocf => path.strip_prefix(OCF_SERVICE_PREFIX),
+    };
+    let Some(inference_path) = inference_path else {
+        return not_found(shared, path);
+    };
+    if shared.kind == MockKind::Ocf && inference_path == "/v1/models" {
+        return get_only(&|| models(shared));
+    }
+    match Endpoint::from_path(inference_path) {
+        Some(endpoint) if method == Method::POST => {
+            inference(shared, endpoint, path_and_query, body, ov, n)
+        }
+        Some(_) => method_not_allowed(shared, method, path),
+        None => not_found(shared, path),
+    }
+}
+
+fn models(shared: &Shared) -> Response<MockBody> {
+    if let Some(r) = discovery_failing(shared) {
+        return r;
+    }
+    let models = shared.models.read().unwrap_or_else(|e| e.into_inner());
+    json_ok(shared, shapes::models_json(&models, &shared.name))
+}
+
+fn dnt_table(shared: &Shared) -> Response<MockBody> {
+    if let Some(r) = discovery_failing(shared) {
+        return r;
+    }
+    let configured = shared
+        .dnt_table
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let table = match configured {
+        Some(t) => t,
+        None => {
+            let models = shared.models.read().unwrap_or_else(|e| e.into_inner());
+            shapes::dnt_table_json(&models, &shared.name)
+        }
+    };
+    json_ok(shared, table)
+}
+
+fn inference(
+    shared: &Arc<Shared>,
+    endpoint: Endpoint,
+    path_and_query: &str,
+    body: &Bytes,
+    ov: &Overrides,
+    n: usize,
+) -> Response<MockBody> {
+    let req: Value = match serde_json::from_slice(body) {
+        Ok(v @ Value::Object(_)) => v,
+        Ok(_) => {
+            return error(
+                shared,
+                StatusCode::BAD_REQUEST,
+                "request body must be a JSON object",
+                "invalid_json",
+            )
+        }
+        Err(e) => {
+            let msg = format!("request body is not valid JSON: {e}");
+            return error(shared, StatusCode::BAD_REQUEST, &msg, "invalid_json");
+        }
+    };
+    let model = req
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let stream = req.get("stream").and_then(Value::as_bool).unwrap_or(false);
+    let include_usage = req
+        .pointer("/stream_options/include_usage")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let completion = Completion {
+        endpoint,
+        id: format!("{}{n}", endpoint.id_prefix()),
+        created: shapes::unix_now(),
+        model,
+        prompt_tokens: shapes::prompt_tokens(endpoint, &req),
+        events: ov.events,
+    };
+    if !stream || endpoint == Endpoint::Embeddings {
+        return json_ok(shared, completion.full_json(&req));
+    }
+
+    let record = shared.record.then(|| {
+        let rec = Arc::new(Mutex::new(StreamRecord {
+            path: path_and_query.to_string(),
+            started_at: Instant::now(),
+            sent: Vec::new(),
+            event_times: Vec::new(),
+            finished: false,
+            closed_early_at: None,
+        }));
+        lock(&shared.streams).push(rec.clone());
+        rec
+    });
+    let body = SseBody::new(completion, ov.interval, include_usage, record);
+    let mut resp = Response::new(MockBody::Sse(Box::new(body)));
+    let h = resp.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-mock-name", shared.name_header.clone());
+    resp
+}

@@ -1,0 +1,63 @@
+//! Shared integration-test harness: gateway process runner, HTTP test client, test PKI, mock helpers and fixtures.
+//!
+//! Use from a test file with `mod common;` and `use common::*;`.
+//!
+//! - [`free_port`], [`fixture`], [`fixture_bytes`], [`start_mock`]
+//! - [`Gateway`] (`start(yaml)` with a `{port}` placeholder, `start_with(|port| yaml)`,
+//!   `start_env(&[..])`, `builder()`), [`run_gateway_cmd`]
+//! - HTTP client: [`get`], [`try_get`], [`post_json`], [`post_stream`] (plain), [`Client`]
+//!   (TLS roots, timeouts, raw requests, chunked bodies), [`Conn`] (keep-alive), [`sse_data`]
+//! - [`TestCa`]: CA + `localhost`/127.0.0.1 leaf, as PEM, files, `MockTls` or a client
+
+#![allow(dead_code, unused_imports)]
+
+pub mod client;
+pub mod gateway;
+pub mod tls;
+
+use std::net::{Ipv4Addr, TcpListener};
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+
+pub use self::client::{
+    get, post_json, post_stream, sse_data, try_get, Client, Conn, ReqBody, Resp, StreamResp,
+};
+pub use self::gateway::{run_gateway_cmd, Gateway, GatewayBuilder, GATEWAY_BIN};
+pub use self::tls::{TestCa, TlsFiles};
+pub use ai_proxy::mock::{
+    MockConfig, MockKind, MockServer, MockTls, RecordedRequest, StreamRecord,
+};
+
+/// A currently free TCP port on 127.0.0.1 (bound, read, released).
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local_addr").port()
+}
+
+/// Directory of the shared OCF fixtures: `<manifest dir>/../shared/fixtures/ocf`.
+pub fn fixtures_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/ocf")
+}
+
+/// Path of an OCF fixture (panics with a hint when it is missing).
+pub fn fixture(name: &str) -> PathBuf {
+    let p = fixtures_dir().join(name);
+    assert!(
+        p.is_file(),
+        "fixture {} not found (shared/ must sit beside the crate directory)",
+        p.display()
+    );
+    p
+}
+
+/// Contents of an OCF fixture.
+pub fn fixture_bytes(name: &str) -> Bytes {
+    let p = fixture(name);
+    Bytes::from(std::fs::read(&p).unwrap_or_else(|e| panic!("read {}: {e}", p.display())))
+}
+
+/// Start a mock upstream on 127.0.0.1 (panics on failure).
+pub async fn start_mock(cfg: MockConfig) -> MockServer {
+    MockServer::start(cfg).await.expect("start mock upstream")
+}
