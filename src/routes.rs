@@ -90,7 +90,7 @@ impl Pool {
 /// One published routing state.
 #[derive(Default)]
 pub struct Routes {
-    pools: HashMap<String, Arc<Pool>>,
+    pub pools: HashMap<String, Arc<Pool>>,
     /// Where requests without a model go: the first configured endpoint that has an address.
     pub default_upstream: Option<Arc<Upstream>>,
     /// `GET /v1/models`, rendered once per discovery round.
@@ -102,27 +102,8 @@ pub struct Routes {
 }
 
 impl Routes {
-    pub fn new(
-        pools: HashMap<String, Arc<Pool>>,
-        default_upstream: Option<Arc<Upstream>>,
-        models_json: Bytes,
-        endpoints_json: Bytes,
-    ) -> Routes {
-        Routes {
-            pools,
-            default_upstream,
-            models_json,
-            endpoints_json,
-            ready: true,
-        }
-    }
-
     pub fn pool(&self, model: &str) -> Option<&Arc<Pool>> {
         self.pools.get(model)
-    }
-
-    pub fn models(&self) -> impl Iterator<Item = &str> {
-        self.pools.keys().map(String::as_str)
     }
 }
 

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
+use futures::stream::{FuturesUnordered, StreamExt};
 use pingora::connectors::http::Connector;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
@@ -98,66 +99,41 @@ impl Discovery {
         }
     }
 
-    /// Poll every endpoint at once, then publish the routes built from the results.
-    async fn round(&self, states: &mut [EndpointState]) {
-        let polls = states.iter().map(|s| self.poll(s));
-        let results = futures::future::join_all(polls).await;
-        let now = SystemTime::now();
-        for (state, result) in states.iter_mut().zip(results) {
-            state.last_attempt = Some(now);
-            match result {
-                Ok((upstream, models)) => {
-                    if state.status != PollStatus::Ok || state.models != models {
-                        log::info!(
-                            "discovery: {} serves {} model(s): {}",
-                            state.endpoint.name,
-                            models.len(),
-                            models
-                                .iter()
-                                .map(|m| m.id.as_str())
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        );
-                    }
-                    state.upstream = Some(upstream);
-                    state.models = models;
-                    state.status = PollStatus::Ok;
-                    state.last_success = Some(now);
-                    state.consecutive_failures = 0;
-                }
-                Err((upstream, why)) => {
-                    if state.consecutive_failures == 0 {
-                        log::warn!(
-                            "discovery: {} failed: {why}; keeping its {} last known model(s)",
-                            state.endpoint.name,
-                            state.models.len()
-                        );
-                    }
-                    if upstream.is_some() {
-                        state.upstream = upstream;
-                    }
-                    state.status = PollStatus::Failed(why);
-                    state.consecutive_failures += 1;
-                }
-            }
+    /// Poll every endpoint at once and publish new routes as each answer arrives, so one slow
+    /// endpoint never holds back the others. `first`: routes are marked ready only once every
+    /// endpoint of the first round has answered or timed out.
+    async fn round(&self, states: &mut [EndpointState], first: bool) {
+        let mut polls: FuturesUnordered<_> = states
+            .iter()
+            .map(|s| {
+                let (endpoint, index, upstream) = (s.endpoint.clone(), s.index, s.upstream.clone());
+                async move { (index, self.poll(endpoint, index, upstream).await) }
+            })
+            .collect();
+        let mut remaining = polls.len();
+        while let Some((index, result)) = polls.next().await {
+            states[index].record(result, SystemTime::now());
+            remaining -= 1;
+            let ready = !first || remaining == 0;
+            let previous = self.routes.load_full();
+            let routes = build_routes(states, &previous, self.started, ready);
+            self.routes.store(Arc::new(routes));
         }
-        let previous = self.routes.load_full();
-        let routes = build_routes(states, &previous, self.started);
-        self.routes.store(Arc::new(routes));
     }
 
     /// Resolve and poll one endpoint. On failure, the upstream if resolution got that far.
     async fn poll(
         &self,
-        state: &EndpointState,
-    ) -> Result<(Arc<Upstream>, Vec<DiscoveredModel>), (Option<Arc<Upstream>>, String)> {
-        let ep = &state.endpoint;
+        ep: Arc<Endpoint>,
+        index: usize,
+        known: Option<Arc<Upstream>>,
+    ) -> PollResult {
         let poll_time = MAX_POLL_TIME.min(self.timeouts.read);
-        let addr = resolve(ep, poll_time).await.map_err(|e| (None, e))?;
+        let addr = resolve(&ep, poll_time).await.map_err(|e| (None, e))?;
         // Keep the same upstream (and so the same pools) while the address is unchanged.
-        let upstream = match &state.upstream {
-            Some(u) if u.addr == addr => u.clone(),
-            _ => Arc::new(Upstream::new(ep.clone(), state.index, addr, self.timeouts)),
+        let upstream = match known {
+            Some(u) if u.addr == addr => u,
+            _ => Arc::new(Upstream::new(ep.clone(), index, addr, self.timeouts)),
         };
         let fail = |e: String| (Some(upstream.clone()), e);
         let body = client::get(&self.connector, &upstream, &ep.discovery_path(), poll_time)
@@ -169,6 +145,48 @@ impl Discovery {
         }
         .map_err(fail)?;
         Ok((upstream, models))
+    }
+}
+
+/// A poll's outcome: the upstream and its models, or why not (with the upstream if resolved).
+type PollResult = Result<(Arc<Upstream>, Vec<DiscoveredModel>), (Option<Arc<Upstream>>, String)>;
+
+impl EndpointState {
+    /// Take in a poll's outcome: new models on success; on failure keep the last good ones.
+    fn record(&mut self, result: PollResult, now: SystemTime) {
+        self.last_attempt = Some(now);
+        match result {
+            Ok((upstream, models)) => {
+                if self.status != PollStatus::Ok || self.models != models {
+                    let ids: Vec<&str> = models.iter().map(|m| m.id.as_str()).collect();
+                    log::info!(
+                        "discovery: {} serves {} model(s): {}",
+                        self.endpoint.name,
+                        ids.len(),
+                        ids.join(", ")
+                    );
+                }
+                self.upstream = Some(upstream);
+                self.models = models;
+                self.status = PollStatus::Ok;
+                self.last_success = Some(now);
+                self.consecutive_failures = 0;
+            }
+            Err((upstream, why)) => {
+                if self.consecutive_failures == 0 {
+                    log::warn!(
+                        "discovery: {} failed: {why}; keeping its {} last known model(s)",
+                        self.endpoint.name,
+                        self.models.len()
+                    );
+                }
+                if upstream.is_some() {
+                    self.upstream = upstream;
+                }
+                self.status = PollStatus::Failed(why);
+                self.consecutive_failures += 1;
+            }
+        }
     }
 }
 
@@ -200,7 +218,7 @@ impl BackgroundService for Discovery {
             .enumerate()
             .map(|(i, e)| EndpointState::new(e.clone(), i))
             .collect();
-        self.round(&mut states).await;
+        self.round(&mut states, true).await;
         ready.notify_ready();
         let first = tokio::time::Instant::now() + self.interval;
         let mut tick = tokio::time::interval_at(first, self.interval);
@@ -208,7 +226,7 @@ impl BackgroundService for Discovery {
         loop {
             tokio::select! {
                 _ = shutdown.changed() => break,
-                _ = tick.tick() => self.round(&mut states).await,
+                _ = tick.tick() => self.round(&mut states, false).await,
             }
         }
     }

@@ -20,7 +20,12 @@ fn unix(t: SystemTime) -> i64 {
 
 /// A new snapshot. `previous` lends its pools where membership is unchanged, so balancing
 /// state survives a discovery round.
-pub fn build_routes(states: &[EndpointState], previous: &Routes, started: SystemTime) -> Routes {
+pub fn build_routes(
+    states: &[EndpointState],
+    previous: &Routes,
+    started: SystemTime,
+    ready: bool,
+) -> Routes {
     // BTreeMap: the model list comes out sorted by id.
     let mut members: BTreeMap<&str, Vec<Arc<Upstream>>> = BTreeMap::new();
     let mut entries: BTreeMap<&str, ModelEntry> = BTreeMap::new();
@@ -54,7 +59,13 @@ pub fn build_routes(states: &[EndpointState], previous: &Routes, started: System
     let default_upstream = states.iter().find_map(|s| s.upstream.clone());
     let models_json = to_bytes(&List::new(entries.into_values().collect()));
     let endpoints_json = to_bytes(&List::new(states.iter().map(endpoint_view).collect()));
-    Routes::new(pools, default_upstream, models_json, endpoints_json)
+    Routes {
+        pools,
+        default_upstream,
+        models_json,
+        endpoints_json,
+        ready,
+    }
 }
 
 fn to_bytes<T: serde::Serialize>(v: &T) -> Bytes {
@@ -135,7 +146,7 @@ mod tests {
             state(0, 1, &["b", "a"], PollStatus::Ok),
             state(1, 2, &["a", "c"], PollStatus::Failed("down".into())),
         ];
-        let r1 = build_routes(&states, &Routes::default(), SystemTime::now());
+        let r1 = build_routes(&states, &Routes::default(), SystemTime::now(), true);
         let v: serde_json::Value = serde_json::from_slice(&r1.models_json).unwrap();
         let ids: Vec<&str> = v["data"]
             .as_array()
@@ -147,10 +158,10 @@ mod tests {
         assert_eq!(r1.pool("a").unwrap().len(), 2);
         assert_eq!(r1.default_upstream.as_ref().unwrap().index, 0);
 
-        let r2 = build_routes(&states, &r1, SystemTime::now());
+        let r2 = build_routes(&states, &r1, SystemTime::now(), true);
         assert!(Arc::ptr_eq(r1.pool("a").unwrap(), r2.pool("a").unwrap()));
         let fewer = vec![state(0, 1, &["a"], PollStatus::Ok)];
-        let r3 = build_routes(&fewer, &r2, SystemTime::now());
+        let r3 = build_routes(&fewer, &r2, SystemTime::now(), true);
         assert!(!Arc::ptr_eq(r2.pool("a").unwrap(), r3.pool("a").unwrap()));
         assert!(r3.pool("c").is_none());
     }
@@ -158,7 +169,7 @@ mod tests {
     #[test]
     fn endpoints_view_has_status_and_no_key() {
         let states = vec![state(0, 1, &["a"], PollStatus::Failed("HTTP 500".into()))];
-        let r = build_routes(&states, &Routes::default(), SystemTime::now());
+        let r = build_routes(&states, &Routes::default(), SystemTime::now(), true);
         let text = String::from_utf8(r.endpoints_json.to_vec()).unwrap();
         assert!(!text.contains("sk-hidden"));
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
