@@ -107,7 +107,11 @@ impl Config {
             FileConfig::default()
         } else {
             serde_yaml::from_str::<Option<FileConfig>>(text)
-                .map_err(|e| one_line(&e.to_string()))?
+                .map_err(|e| {
+                    one_line(&e.to_string())
+                        .replace("struct FileConfig", "a mapping of config keys")
+                        .replace("struct EndpointConfig", "an endpoint mapping")
+                })?
                 .unwrap_or_default()
         };
         Self::build(file, source, env)
@@ -225,13 +229,18 @@ fn yaml_endpoints(list: Vec<EndpointConfig>, env: &dyn Env) -> Result<Vec<Arc<En
                     "endpoints[{i}]: set api_key or api_key_env, not both"
                 ))
             }
-            (Some(k), None) => Some(ApiKey::new(k)),
-            (None, Some(var)) => Some(ApiKey::new(env.var(&var).ok_or_else(|| {
-                format!(
-                    "{}: environment variable {var} is not set",
-                    field("api_key_env")
-                )
-            })?)),
+            (Some(k), None) => {
+                Some(ApiKey::new(&k).map_err(|e| format!("{}: {e}", field("api_key")))?)
+            }
+            (None, Some(var)) => {
+                let k = env.var(&var).ok_or_else(|| {
+                    format!(
+                        "{}: environment variable {var} is not set",
+                        field("api_key_env")
+                    )
+                })?;
+                Some(ApiKey::new(&k).map_err(|e| format!("{}: {e}", field("api_key_env")))?)
+            }
             (None, None) => None,
         };
         let ca = match &ec.ca_file {
@@ -254,16 +263,19 @@ fn yaml_endpoints(list: Vec<EndpointConfig>, env: &dyn Env) -> Result<Vec<Arc<En
 
 /// The legacy `ENDPOINTS` forms (contract §2).
 fn env_endpoints(env: &dyn Env) -> Result<Vec<Arc<Endpoint>>, String> {
-    let shared_key = env.var("API_KEY").map(ApiKey::new);
+    let shared_key = match env.var("API_KEY") {
+        Some(k) => Some(ApiKey::new(&k).map_err(|e| format!("env API_KEY: {e}"))?),
+        None => None,
+    };
     let pairs: Vec<(String, Option<ApiKey>)> = match env.var("ENDPOINTS") {
         Some(v) if v.trim_start().starts_with('{') => {
             let map: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&v)
                 .map_err(|e| format!("env ENDPOINTS: not a JSON object of url -> key: {e}"))?;
             map.into_iter()
                 .map(|(url, key)| match key {
-                    serde_json::Value::String(k) if !k.is_empty() => {
-                        Ok((url, Some(ApiKey::new(k))))
-                    }
+                    serde_json::Value::String(k) if !k.is_empty() => ApiKey::new(&k)
+                        .map(|k| (url.clone(), Some(k)))
+                        .map_err(|e| format!("env ENDPOINTS: the key for {url:?}: {e}")),
                     serde_json::Value::String(_) | serde_json::Value::Null => Ok((url, None)),
                     _ => Err(format!(
                         "env ENDPOINTS: the key for {url:?} must be a string"

@@ -30,13 +30,17 @@ impl EndpointKind {
 /// The path prefix an OCF head routes to its peers' `llm` services.
 pub const OCF_SERVICE_PREFIX: &str = "/v1/service/llm";
 
-/// An upstream API key. Its `Debug` never shows the key, so it cannot leak through a log line.
+/// An upstream API key, held as its ready `Authorization: Bearer <key>` value (marked
+/// sensitive). Its `Debug` never shows the key, so it cannot leak through a log line.
 #[derive(Clone, PartialEq, Eq)]
-pub struct ApiKey(String);
+pub struct ApiKey(HeaderValue);
 
 impl ApiKey {
-    pub fn new(key: String) -> Self {
-        ApiKey(key)
+    pub fn new(key: &str) -> Result<Self, String> {
+        let mut v = HeaderValue::from_str(&format!("Bearer {key}"))
+            .map_err(|_| "the key contains characters not allowed in an HTTP header".to_string())?;
+        v.set_sensitive(true);
+        Ok(ApiKey(v))
     }
 }
 
@@ -163,16 +167,6 @@ impl Endpoint {
         };
         let host_header = HeaderValue::from_str(&host_header)
             .map_err(|_| format!("URL {url:?} has a host that is not a valid header value"))?;
-        let authorization = match api_key {
-            Some(ApiKey(key)) => {
-                let mut v = HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| {
-                    "api key contains characters not allowed in a header".to_string()
-                })?;
-                v.set_sensitive(true);
-                Some(v)
-            }
-            None => None,
-        };
         Ok(Endpoint {
             name: name.unwrap_or_else(|| format!("{host_for_header}:{}", parts.port)),
             kind,
@@ -182,7 +176,7 @@ impl Endpoint {
             port: parts.port,
             host_header,
             base_path: parts.base_path,
-            authorization,
+            authorization: api_key.map(|k| k.0),
             ca,
         })
     }
@@ -279,7 +273,7 @@ mod tests {
             "http://h:1",
             EndpointKind::Openai,
             None,
-            Some(ApiKey::new("sk-secret".into())),
+            Some(ApiKey::new("sk-secret").unwrap()),
             None,
         )
         .unwrap();

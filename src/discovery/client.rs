@@ -1,8 +1,6 @@
 //! One discovery GET against an upstream, over Pingora's connector (same TLS settings, SNI
 //! and per-endpoint CA as the proxy path).
 
-use std::time::Duration;
-
 use bytes::{Bytes, BytesMut};
 use pingora::connectors::http::Connector;
 use pingora::http::RequestHeader;
@@ -13,33 +11,16 @@ use crate::upstream::Upstream;
 const MAX_DISCOVERY_BODY: usize = 16 * 1024 * 1024;
 
 /// `GET path` on the upstream; the body of a 2xx answer, or why not. Never includes the key.
-pub async fn get(
-    connector: &Connector,
-    upstream: &Upstream,
-    path: &str,
-    timeout: Duration,
-) -> Result<Bytes, String> {
-    tokio::time::timeout(timeout, get_inner(connector, upstream, path))
-        .await
-        .unwrap_or_else(|_| Err(format!("no answer within {} s", timeout.as_secs_f32())))
-}
-
-async fn get_inner(
-    connector: &Connector,
-    upstream: &Upstream,
-    path: &str,
-) -> Result<Bytes, String> {
+/// The caller bounds the time.
+pub async fn get(connector: &Connector, upstream: &Upstream, path: &str) -> Result<Bytes, String> {
     let peer = upstream.peer();
-    let (mut session, _reused) = connector.get_http_session(&peer).await.map_err(|e| {
-        format!(
-            "connect to {} failed: {}",
-            upstream.addr,
-            e.etype().as_str()
-        )
-    })?;
+    let (mut session, _reused) = connector
+        .get_http_session(&peer)
+        .await
+        .map_err(|e| format!("connect to {} failed: {}", upstream.addr, describe(&e)))?;
     let ep = &upstream.endpoint;
     let mut req = RequestHeader::build("GET", path.as_bytes(), None).map_err(|e| e.to_string())?;
-    let io = |e: Box<pingora::Error>| format!("{} {path}: {}", ep.url, e.etype().as_str());
+    let io = |e: Box<pingora::Error>| format!("{} {path}: {}", ep.url, describe(&e));
     req.insert_header(http::header::HOST, ep.host_header.clone())
         .map_err(io)?;
     req.insert_header(http::header::ACCEPT, "application/json")
@@ -77,4 +58,13 @@ async fn get_inner(
         return Err(format!("{} {path}: HTTP {status}", ep.url));
     }
     Ok(body.freeze())
+}
+
+/// The error's type and, when it has one, its root cause ("TLSHandshakeFailure: invalid peer
+/// certificate: UnknownIssuer"); never the request, so never a key.
+fn describe(e: &pingora::Error) -> String {
+    match &e.cause {
+        Some(_) => format!("{}: {}", e.etype().as_str(), e.root_cause()),
+        None => e.etype().as_str().to_string(),
+    }
 }

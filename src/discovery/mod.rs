@@ -129,22 +129,45 @@ impl Discovery {
         known: Option<Arc<Upstream>>,
     ) -> PollResult {
         let poll_time = MAX_POLL_TIME.min(self.timeouts.read);
-        let addr = resolve(&ep, poll_time).await.map_err(|e| (None, e))?;
-        // Keep the same upstream (and so the same pools) while the address is unchanged.
-        let upstream = match known {
-            Some(u) if u.addr == addr => u,
-            _ => Arc::new(Upstream::new(ep.clone(), index, addr, self.timeouts)),
+        let poll = async {
+            let mut addrs = resolve(&ep).await.map_err(|e| (None, e))?;
+            // The known address first, so routes stay put while it keeps answering.
+            if let Some(k) = &known {
+                addrs.sort_by_key(|a| *a != k.addr);
+            }
+            // A name may resolve to addresses the server does not listen on (`localhost` to
+            // ::1 and 127.0.0.1): the first that answers wins.
+            let mut last_err = (None, String::new());
+            for addr in addrs {
+                let upstream = match &known {
+                    Some(u) if u.addr == addr => u.clone(),
+                    _ => Arc::new(Upstream::new(ep.clone(), index, addr, self.timeouts)),
+                };
+                match self.fetch_models(&upstream).await {
+                    Ok(models) => return Ok((upstream, models)),
+                    Err(e) => last_err = (Some(upstream), e),
+                }
+            }
+            Err(last_err)
         };
-        let fail = |e: String| (Some(upstream.clone()), e);
-        let body = client::get(&self.connector, &upstream, &ep.discovery_path(), poll_time)
+        tokio::time::timeout(poll_time, poll)
             .await
-            .map_err(fail)?;
-        let models = match ep.kind {
+            .unwrap_or_else(|_| {
+                Err((
+                    known,
+                    format!("no answer within {} s", poll_time.as_secs_f32()),
+                ))
+            })
+    }
+
+    /// The model list of one upstream.
+    async fn fetch_models(&self, upstream: &Upstream) -> Result<Vec<DiscoveredModel>, String> {
+        let ep = &upstream.endpoint;
+        let body = client::get(&self.connector, upstream, &ep.discovery_path()).await?;
+        match ep.kind {
             EndpointKind::Openai => parse::openai_models(&body),
             EndpointKind::Ocf => parse::ocf_models(&body),
         }
-        .map_err(fail)?;
-        Ok((upstream, models))
     }
 }
 
@@ -190,19 +213,20 @@ impl EndpointState {
     }
 }
 
-/// The endpoint's address: its IP literal, or its host name looked up now (off the request path).
-async fn resolve(ep: &Endpoint, timeout: Duration) -> Result<SocketAddr, String> {
+/// The endpoint's addresses: its IP literal, or its host name looked up now (off the request
+/// path).
+async fn resolve(ep: &Endpoint) -> Result<Vec<SocketAddr>, String> {
     if let Ok(ip) = ep.host.parse::<std::net::IpAddr>() {
-        return Ok(SocketAddr::new(ip, ep.port));
+        return Ok(vec![SocketAddr::new(ip, ep.port)]);
     }
-    let lookup = tokio::net::lookup_host((ep.host.as_str(), ep.port));
-    match tokio::time::timeout(timeout, lookup).await {
-        Ok(Ok(mut addrs)) => addrs
-            .next()
-            .ok_or_else(|| format!("{} resolves to no address", ep.host)),
-        Ok(Err(e)) => Err(format!("cannot resolve {}: {e}", ep.host)),
-        Err(_) => Err(format!("resolving {} timed out", ep.host)),
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((ep.host.as_str(), ep.port))
+        .await
+        .map_err(|e| format!("cannot resolve {}: {e}", ep.host))?
+        .collect();
+    if addrs.is_empty() {
+        return Err(format!("{} resolves to no address", ep.host));
     }
+    Ok(addrs)
 }
 
 #[async_trait]

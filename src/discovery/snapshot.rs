@@ -112,7 +112,7 @@ mod tests {
                 &format!("http://127.0.0.1:{port}"),
                 EndpointKind::Openai,
                 None,
-                Some(ApiKey::new("sk-hidden".into())),
+                Some(ApiKey::new("sk-hidden").unwrap()),
                 None,
             )
             .unwrap(),
