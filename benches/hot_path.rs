@@ -1,15 +1,17 @@
 //! Micro-benchmarks of the per-request work: reading `model` out of request bodies of typical
-//! and long-prompt sizes, and picking an upstream from a model's pool.
+//! and long-prompt sizes, picking an upstream from a model's pool, and rewriting the request
+//! header for the chosen endpoint.
 //! Run: `cargo bench --bench hot_path`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use ai_proxy::endpoint::{Endpoint, EndpointKind};
+use ai_proxy::endpoint::{ApiKey, Endpoint, EndpointKind};
 use ai_proxy::openai::peek_model;
 use ai_proxy::routes::Pool;
 use ai_proxy::upstream::{Timeouts, Upstream};
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use pingora::http::RequestHeader;
 
 /// A chat request whose prompt makes it about `size` bytes, `model` last (as OpenAI SDKs send).
 fn chat_body(size: usize) -> Vec<u8> {
@@ -65,5 +67,38 @@ fn bench_select(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bench_peek, bench_select);
+fn bench_rewrite(c: &mut Criterion) {
+    let key = Some(ApiKey::new("sk-upstream-key").unwrap());
+    let openai = Endpoint::new(
+        "http://10.0.0.5:8000",
+        EndpointKind::Openai,
+        None,
+        key.clone(),
+        None,
+    )
+    .unwrap();
+    let ocf = Endpoint::new("http://10.0.0.6:8092", EndpointKind::Ocf, None, key, None).unwrap();
+    let mut client = RequestHeader::build("POST", b"/v1/chat/completions", None).unwrap();
+    for (k, v) in [
+        ("host", "gateway.example:8000"),
+        ("authorization", "Bearer client-key"),
+        ("content-type", "application/json"),
+        ("content-length", "1024"),
+        ("user-agent", "OpenAI/Python 1.50.0"),
+        ("accept", "application/json"),
+    ] {
+        client.insert_header(k, v).unwrap();
+    }
+    for (name, ep) in [("openai", &openai), ("ocf_path", &ocf)] {
+        c.bench_function(&format!("rewrite_request_{name}"), |b| {
+            b.iter_batched_ref(
+                || client.clone(),
+                |req| ep.rewrite_request(req).unwrap(),
+                criterion::BatchSize::SmallInput,
+            )
+        });
+    }
+}
+
+criterion_group!(benches, bench_peek, bench_select, bench_rewrite);
 criterion_main!(benches);

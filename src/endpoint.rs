@@ -4,6 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use http::HeaderValue;
+use pingora::http::RequestHeader;
 use pingora::protocols::tls::CaType;
 use serde::Deserialize;
 
@@ -200,6 +201,28 @@ impl Endpoint {
         !self.base_path.is_empty() || self.kind == EndpointKind::Ocf
     }
 
+    /// Turn the copy of the client's request into this endpoint's: its Host, its key (or
+    /// none; the client's credentials never go upstream), its path; no `Expect`, since the
+    /// gateway has already answered `100 Continue` and holds the body.
+    pub fn rewrite_request(&self, req: &mut RequestHeader) -> pingora::Result<()> {
+        req.insert_header(http::header::HOST, self.host_header.clone())?;
+        req.remove_header(&http::header::PROXY_AUTHORIZATION);
+        match &self.authorization {
+            Some(auth) => {
+                req.insert_header(http::header::AUTHORIZATION, auth.clone())?;
+            }
+            None => {
+                req.remove_header(&http::header::AUTHORIZATION);
+            }
+        }
+        req.remove_header(&http::header::EXPECT);
+        if self.rewrites_path() {
+            let path = self.upstream_path(req.uri.path_and_query().map_or("/", |p| p.as_str()));
+            req.set_raw_path(path.as_bytes())?;
+        }
+        Ok(())
+    }
+
     /// The path discovery polls for this endpoint's model list.
     pub fn discovery_path(&self) -> String {
         let p = match self.kind {
@@ -265,6 +288,41 @@ mod tests {
             "/base/v1/service/llm/v1/chat/completions?x=1"
         );
         assert_eq!(c.discovery_path(), "/base/v1/dnt/table");
+    }
+
+    #[test]
+    fn rewrites_the_client_request_for_the_endpoint() {
+        let ep = Endpoint::new(
+            "http://h:9/base",
+            EndpointKind::Ocf,
+            None,
+            Some(ApiKey::new("sk-up").unwrap()),
+            None,
+        )
+        .unwrap();
+        let mut req = RequestHeader::build("POST", b"/v1/chat/completions?x=1", None).unwrap();
+        req.insert_header("Host", "gateway").unwrap();
+        req.insert_header("Authorization", "Bearer client").unwrap();
+        req.insert_header("Proxy-Authorization", "Basic x").unwrap();
+        req.insert_header("Expect", "100-continue").unwrap();
+        req.insert_header("X-Custom", "1").unwrap();
+        ep.rewrite_request(&mut req).unwrap();
+        assert_eq!(req.headers["host"], "h:9");
+        assert_eq!(req.headers["authorization"], "Bearer sk-up");
+        assert!(req.headers.get("proxy-authorization").is_none());
+        assert!(req.headers.get("expect").is_none());
+        assert_eq!(req.headers["x-custom"], "1");
+        assert_eq!(
+            req.uri.path_and_query().unwrap().as_str(),
+            "/base/v1/service/llm/v1/chat/completions?x=1"
+        );
+
+        let plain = Endpoint::new("http://h:9", EndpointKind::Openai, None, None, None).unwrap();
+        let mut req = RequestHeader::build("POST", b"/v1/embeddings", None).unwrap();
+        req.insert_header("Authorization", "Bearer client").unwrap();
+        plain.rewrite_request(&mut req).unwrap();
+        assert!(req.headers.get("authorization").is_none());
+        assert_eq!(req.uri.path(), "/v1/embeddings");
     }
 
     #[test]

@@ -68,11 +68,6 @@ impl Pool {
         self.member(b.addr.as_inet())
     }
 
-    /// The member for an endpoint index (what the request context remembers).
-    pub fn member_by_index(&self, index: usize) -> Option<&Arc<Upstream>> {
-        self.members.iter().find(|m| m.index == index)
-    }
-
     fn member(&self, addr: Option<&SocketAddr>) -> Option<&Arc<Upstream>> {
         let addr = addr?;
         self.members.iter().find(|m| m.addr == *addr)

@@ -53,6 +53,8 @@ pub struct RequestCtx {
     target: Option<Target>,
     /// Endpoint indexes already attempted by this request.
     tried: Vec<usize>,
+    /// The upstream of the current attempt.
+    current: Option<Arc<Upstream>>,
     /// Retries on a fresh connection after a reused pooled one failed.
     stale_retries: u8,
     /// The request went upstream through a large-body subrequest, which logs its own errors.
@@ -242,7 +244,9 @@ impl ProxyHttp for Gateway {
             Target::Default(u) => u,
         };
         ctx.tried.push(upstream.index);
-        Ok(Box::new(upstream.peer()))
+        let peer = Box::new(upstream.peer());
+        ctx.current = Some(upstream.clone());
+        Ok(peer)
     }
 
     /// Nothing was sent: another endpoint of the model can take the request.
@@ -293,43 +297,15 @@ impl ProxyHttp for Gateway {
 
     async fn upstream_request_filter(
         &self,
-        session: &mut Session,
+        _session: &mut Session,
         req: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let Some(index) = ctx.tried.last().copied() else {
-            return Err(ErrorKind::Internal.err("no upstream chosen"));
-        };
-        let Some(target) = ctx.target.as_ref() else {
-            return Err(ErrorKind::Internal.err("no route decided"));
-        };
-        let upstream = match target {
-            Target::Model { pool, .. } => pool.member_by_index(index),
-            Target::Default(u) => Some(u),
-        }
-        .ok_or_else(|| ErrorKind::Internal.err("chosen upstream vanished"))?;
-        let ep = &upstream.endpoint;
-        req.insert_header(http::header::HOST, ep.host_header.clone())?;
-        req.remove_header(&http::header::PROXY_AUTHORIZATION);
-        match &ep.authorization {
-            Some(auth) => {
-                req.insert_header(http::header::AUTHORIZATION, auth.clone())?;
-            }
-            None => {
-                req.remove_header(&http::header::AUTHORIZATION);
-            }
-        }
-        // The gateway has already answered `100 Continue` and holds the body.
-        req.remove_header(&http::header::EXPECT);
-        if ep.rewrites_path() {
-            let original = session
-                .req_header()
-                .uri
-                .path_and_query()
-                .map_or("/", |p| p.as_str());
-            req.set_raw_path(ep.upstream_path(original).as_bytes())?;
-        }
-        Ok(())
+        let upstream = ctx
+            .current
+            .as_ref()
+            .ok_or_else(|| ErrorKind::Internal.err("no upstream chosen"))?;
+        upstream.endpoint.rewrite_request(req)
     }
 
     /// The one place gateway errors become responses.
