@@ -48,14 +48,6 @@ fn chunks_of(body: &Bytes, n: usize) -> Vec<Bytes> {
     body.chunks(n).map(Bytes::copy_from_slice).collect()
 }
 
-/// Inference requests the mock recorded (not the discovery polls).
-fn posts(mock: &MockServer) -> Vec<RecordedRequest> {
-    mock.requests()
-        .into_iter()
-        .filter(|r| r.method == "POST")
-        .collect()
-}
-
 fn assert_same_body(got: &Bytes, want: &Bytes, what: &str) {
     if got != want {
         let first_diff = got
@@ -69,23 +61,6 @@ fn assert_same_body(got: &Bytes, want: &Bytes, what: &str) {
             want.len()
         );
     }
-}
-
-fn assert_openai_error(r: &Resp, status: u16, code: &str) {
-    assert_eq!(r.status, status, "body: {}", r.text());
-    let v = r.json();
-    let e = v["error"].as_object().unwrap_or_else(|| panic!("{v}"));
-    for key in ["message", "type", "param", "code"] {
-        assert!(e.contains_key(key), "missing {key}: {v}");
-    }
-    assert_eq!(e["code"], code, "{v}");
-    let want_type = if status < 500 {
-        "invalid_request_error"
-    } else {
-        "api_error"
-    };
-    assert_eq!(e["type"], want_type, "{v}");
-    assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
 }
 
 /// How the client sends a body.
@@ -148,7 +123,7 @@ async fn one_mib_bodies_arrive_byte_identical() {
             } else {
                 assert_eq!(r.json()["object"], "chat.completion", "{what}");
             }
-            let recs = posts(&mock);
+            let recs = inference_requests(&mock);
             assert_eq!(recs.len(), 1, "{what}");
             assert_same_body(&recs[0].body, &body, &what);
             assert!(
@@ -173,7 +148,7 @@ async fn bodies_around_64_kib_arrive_byte_identical() {
                 let r = send(&gw, &body, how).await;
                 let what = format!("{size} bytes, stream={stream}, {how:?}");
                 assert_eq!(r.status, 200, "{what}: {}", r.text());
-                let recs = posts(&mock);
+                let recs = inference_requests(&mock);
                 assert_eq!(recs.len(), 1, "{what}");
                 assert_same_body(&recs[0].body, &body, &what);
                 if let Send::ContentLength = how {
@@ -200,7 +175,11 @@ async fn body_over_max_body_bytes_is_413() {
     let at_limit = body_of_size(100_000, false);
     let r = post_json(&gw.at("/v1/chat/completions"), at_limit.clone(), &[]).await;
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_same_body(&posts(&mock)[0].body, &at_limit, "at the limit");
+    assert_same_body(
+        &inference_requests(&mock)[0].body,
+        &at_limit,
+        "at the limit",
+    );
     mock.clear_records();
 
     for size in [100_001, 300_000] {
@@ -219,8 +198,10 @@ async fn body_over_max_body_bytes_is_413() {
         }
     }
     // Nothing over the limit reached the upstream.
-    assert!(posts(&mock).iter().all(|r| r.body.len() == 1000));
-    assert_eq!(posts(&mock).len(), 4);
+    assert!(inference_requests(&mock)
+        .iter()
+        .all(|r| r.body.len() == 1000));
+    assert_eq!(inference_requests(&mock).len(), 4);
     assert_eq!(get(&gw.at("/health")).await.status, 200);
 }
 
@@ -261,7 +242,7 @@ async fn large_body_replayed_after_connect_failure() {
         if stream {
             assert_eq!(sse_data(&r.body).last().map(String::as_str), Some("[DONE]"));
         }
-        let recs = posts(&alive);
+        let recs = inference_requests(&alive);
         assert_eq!(recs.len(), 1, "request {i}");
         assert_same_body(&recs[0].body, &body, &format!("request {i}"));
         assert_eq!(recs[0].header("authorization"), Some("Bearer sk-alive"));

@@ -9,50 +9,14 @@ use std::process::Output;
 use std::time::{Duration, Instant};
 
 use common::*;
-use serde_json::{json, Value};
+use serde_json::json;
 
 /// A bad config must be rejected at least this fast.
 const FAST_EXIT: Duration = Duration::from_secs(5);
 
-fn chat_body(model: &str) -> String {
-    json!({
-        "model": model,
-        "messages": [{"role": "user", "content": "hello"}],
-    })
-    .to_string()
-}
-
-async fn model_ids(gw: &Gateway) -> Vec<String> {
-    let r = get(&gw.at("/v1/models")).await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    r.json()["data"]
-        .as_array()
-        .expect("data is an array")
-        .iter()
-        .map(|m| m["id"].as_str().expect("id").to_string())
-        .collect()
-}
-
-async fn endpoints(gw: &Gateway) -> Vec<Value> {
-    let r = get(&gw.at("/v1/endpoints")).await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    r.json()["data"]
-        .as_array()
-        .expect("data is an array")
-        .clone()
-}
-
-/// The `Authorization` header of every request the mock received.
-fn auth_headers(mock: &MockServer) -> Vec<Option<String>> {
-    mock.requests()
-        .iter()
-        .map(|r| r.header("authorization").map(str::to_string))
-        .collect()
-}
-
 /// Send a chat request for `model` and check the named mock answered it.
 async fn chat_ok(gw: &Gateway, model: &str, mock_name: &str) {
-    let r = post_json(&gw.at("/v1/chat/completions"), chat_body(model), &[]).await;
+    let r = post_chat(gw, model, &[]).await;
     assert_eq!(r.status, 200, "{model}: {}", r.text());
     assert_eq!(r.header("x-mock-name"), Some(mock_name), "{model}");
 }
@@ -224,21 +188,11 @@ async fn env_timeout_gives_504_on_a_slow_upstream() {
     let gw = Gateway::start_env(&[("TARGET_OPENAI_URL", &mock.url()), ("TIMEOUT", "1")]).await;
 
     // Well inside the timeout: fine.
-    let r = post_json(
-        &gw.at("/v1/chat/completions"),
-        chat_body("slow-model"),
-        &[("x-mock-delay-ms", "100")],
-    )
-    .await;
+    let r = post_chat(&gw, "slow-model", &[("x-mock-delay-ms", "100")]).await;
     assert_eq!(r.status, 200, "{}", r.text());
 
     let t0 = Instant::now();
-    let r = post_json(
-        &gw.at("/v1/chat/completions"),
-        chat_body("slow-model"),
-        &[("x-mock-delay-ms", "3000")],
-    )
-    .await;
+    let r = post_chat(&gw, "slow-model", &[("x-mock-delay-ms", "3000")]).await;
     let took = t0.elapsed();
     assert_eq!(r.status, 504, "{}", r.text());
     let v = r.json();
@@ -319,12 +273,7 @@ async fn timeout_env_overrides_yaml_timeout() {
         .start()
         .await;
     let t0 = Instant::now();
-    let r = post_json(
-        &gw.at("/v1/chat/completions"),
-        chat_body("slow-model"),
-        &[("x-mock-delay-ms", "3000")],
-    )
-    .await;
+    let r = post_chat(&gw, "slow-model", &[("x-mock-delay-ms", "3000")]).await;
     assert_eq!(r.status, 504, "{}", r.text());
     assert_eq!(r.json()["error"]["code"], "upstream_timeout");
     assert!(

@@ -5,7 +5,6 @@
 mod common;
 
 use std::collections::{BTreeSet, HashMap};
-use std::future::Future;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -13,69 +12,6 @@ use serde_json::{json, Value};
 
 /// Bound on every polling loop in this file.
 const POLL_DEADLINE: Duration = Duration::from_secs(8);
-const POLL_EVERY: Duration = Duration::from_millis(50);
-
-fn chat_body(model: &str) -> String {
-    json!({
-        "model": model,
-        "messages": [{"role": "user", "content": "hello"}],
-    })
-    .to_string()
-}
-
-/// Poll `check` until it returns true or `deadline` passes; the elapsed time on success.
-async fn poll_until<F, Fut>(deadline: Duration, mut check: F) -> Option<Duration>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let t0 = Instant::now();
-    loop {
-        if check().await {
-            return Some(t0.elapsed());
-        }
-        if t0.elapsed() >= deadline {
-            return None;
-        }
-        tokio::time::sleep(POLL_EVERY).await;
-    }
-}
-
-/// `GET /v1/models` as JSON (asserting status 200).
-async fn models_json(gw: &Gateway) -> Value {
-    let r = get(&gw.at("/v1/models")).await;
-    assert_eq!(r.status, 200, "GET /v1/models: {}", r.text());
-    r.json()
-}
-
-/// The ids listed by `GET /v1/models`, in the order listed.
-async fn model_ids(gw: &Gateway) -> Vec<String> {
-    models_json(gw).await["data"]
-        .as_array()
-        .expect("data is an array")
-        .iter()
-        .map(|m| m["id"].as_str().expect("id is a string").to_string())
-        .collect()
-}
-
-/// `GET /v1/endpoints` body (status 200) as text and JSON.
-async fn endpoints(gw: &Gateway) -> (String, Value) {
-    let r = get(&gw.at("/v1/endpoints")).await;
-    assert_eq!(r.status, 200, "GET /v1/endpoints: {}", r.text());
-    (r.text(), r.json())
-}
-
-/// The `/v1/endpoints` entry with this name.
-async fn endpoint_named(gw: &Gateway, name: &str) -> Value {
-    let (_, v) = endpoints(gw).await;
-    v["data"]
-        .as_array()
-        .expect("data is an array")
-        .iter()
-        .find(|e| e["name"] == name)
-        .cloned()
-        .unwrap_or_else(|| panic!("endpoint {name} not in /v1/endpoints: {v}"))
-}
 
 /// The models an OCF dnt table announces, computed independently of the gateway: every
 /// peer's `service` list (may be null), services named `llm`, their `identity_group`
@@ -248,7 +184,8 @@ endpoints:
     ))
     .await;
 
-    let (text, v) = endpoints(&gw).await;
+    let r = get_ok(&gw, "/v1/endpoints").await;
+    let (text, v) = (r.text(), r.json());
     for secret in ["SECRET", "sk-upstream", "Bearer"] {
         assert!(
             !text.contains(secret),
@@ -277,14 +214,10 @@ endpoints:
         assert!(e["discovery"]["error"].is_null(), "{e}");
     }
     // The keys did go upstream (discovery uses them), just not into the view.
-    let seen = a.requests();
+    let auths = auth_headers(&a);
     assert!(
-        seen.iter()
-            .any(|r| r.header("authorization") == Some("Bearer sk-upstream-SECRET-a")),
-        "discovery of ep-a carried its key: {:?}",
-        seen.iter()
-            .map(|r| r.header("authorization"))
-            .collect::<Vec<_>>()
+        auths.contains(&Some("Bearer sk-upstream-SECRET-a".to_string())),
+        "discovery of ep-a carried its key: {auths:?}"
     );
 }
 
@@ -316,7 +249,7 @@ endpoints:
         "added model appeared only after {elapsed:?} (interval 1 s)"
     );
     assert_eq!(model_ids(&gw).await, ["first", "second"]);
-    let r = post_json(&gw.at("/v1/chat/completions"), chat_body("second"), &[]).await;
+    let r = post_chat(&gw, "second", &[]).await;
     assert_eq!(r.status, 200, "new model is routable: {}", r.text());
 
     // Removed: gone within discovery_interval_secs + 1 s, and no longer routable.
@@ -331,7 +264,7 @@ endpoints:
         "removed model disappeared only after {elapsed:?} (interval 1 s)"
     );
     assert_eq!(model_ids(&gw).await, ["second"]);
-    let r = post_json(&gw.at("/v1/chat/completions"), chat_body("first"), &[]).await;
+    let r = post_chat(&gw, "first", &[]).await;
     assert_eq!(r.status, 404, "{}", r.text());
     assert_eq!(r.json()["error"]["code"], "model_not_found", "{}", r.text());
 }
@@ -387,7 +320,7 @@ endpoints:
     // Still listed and still routable.
     assert_eq!(model_ids(&gw).await, ["model-a", "model-b"]);
     a.clear_records();
-    let r = post_json(&gw.at("/v1/chat/completions"), chat_body("model-a"), &[]).await;
+    let r = post_chat(&gw, "model-a", &[]).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.header("x-mock-name"), Some("up-a"));
     assert!(
@@ -434,7 +367,7 @@ endpoints:
     assert!(t0.elapsed() < Duration::from_secs(6), "{:?}", t0.elapsed());
 
     assert_eq!(model_ids(&gw).await, ["live-model"]);
-    let r = post_json(&gw.at("/v1/chat/completions"), chat_body("live-model"), &[]).await;
+    let r = post_chat(&gw, "live-model", &[]).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.header("x-mock-name"), Some("live"));
 
@@ -497,7 +430,7 @@ endpoints:
     );
 
     assert_eq!(model_ids(&gw).await, ["live-model"]);
-    let r = post_json(&gw.at("/v1/chat/completions"), chat_body("live-model"), &[]).await;
+    let r = post_chat(&gw, "live-model", &[]).await;
     assert_eq!(r.status, 200, "{}", r.text());
     let e = endpoint_named(&gw, "hang").await;
     assert_eq!(e["healthy"], false, "{e}");

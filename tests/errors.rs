@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -25,41 +25,10 @@ fn config(extra: &str, endpoints: &[String]) -> String {
     )
 }
 
-fn chat_body(model: &str) -> String {
-    json!({"model": model, "messages": [{"role": "user", "content": "hello"}]}).to_string()
-}
-
 /// A chat body over 64 KiB (the subrequest path).
 fn large_chat_body(model: &str) -> String {
     json!({"model": model, "messages": [{"role": "user", "content": "x ".repeat(100 * 1024)}]})
         .to_string()
-}
-
-/// Asserts an OpenAI error answer with all four keys; returns the `error` object.
-fn assert_openai_error(r: &Resp, status: u16, code: &str) -> Value {
-    assert_eq!(r.status, status, "body: {}", r.text());
-    assert!(
-        r.header("content-type")
-            .is_some_and(|c| c.starts_with("application/json")),
-        "content-type {:?}",
-        r.header("content-type")
-    );
-    let v = r.json();
-    let e = v["error"]
-        .as_object()
-        .unwrap_or_else(|| panic!("no error object: {v}"));
-    for key in ["message", "type", "param", "code"] {
-        assert!(e.contains_key(key), "missing `{key}`: {v}");
-    }
-    let want_type = if status < 500 {
-        "invalid_request_error"
-    } else {
-        "api_error"
-    };
-    assert_eq!(e["type"], want_type, "{v}");
-    assert_eq!(e["code"], code, "{v}");
-    assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
-    v["error"].clone()
 }
 
 /// Sends raw bytes and returns the status of the answer (writes may fail part way when the
@@ -105,7 +74,7 @@ async fn bad_requests_get_openai_errors() {
     let chat = gw.at("/v1/chat/completions");
 
     let e = assert_openai_error(
-        &post_json(&chat, chat_body("no-such-model"), &[]).await,
+        &post_json(&chat, chat_body("no-such-model", false), &[]).await,
         404,
         "model_not_found",
     );
@@ -142,7 +111,10 @@ async fn bad_requests_get_openai_errors() {
     // None of these reached the upstream.
     assert!(mock.requests().iter().all(|r| r.method == "GET"));
     // And the gateway still routes good requests.
-    assert_eq!(post_json(&chat, chat_body(MODEL), &[]).await.status, 200);
+    assert_eq!(
+        post_json(&chat, chat_body(MODEL, false), &[]).await.status,
+        200
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -155,7 +127,7 @@ async fn slow_upstream_is_504_within_the_timeout() {
     .await;
 
     for (what, body) in [
-        ("small body", chat_body(MODEL)),
+        ("small body", chat_body(MODEL, false)),
         ("body over 64 KiB", large_chat_body(MODEL)),
     ] {
         let started = Instant::now();
@@ -192,7 +164,7 @@ async fn only_endpoint_down_is_502() {
     up.shutdown().await;
 
     for (what, body) in [
-        ("small body", chat_body(MODEL)),
+        ("small body", chat_body(MODEL, false)),
         ("body over 64 KiB", large_chat_body(MODEL)),
     ] {
         let started = Instant::now();
@@ -219,7 +191,12 @@ async fn local_routes_and_unknown_paths() {
         let r = get(&gw.at(path)).await;
         assert_openai_error(&r, 404, "not_found");
         let r = client
-            .request("POST", &gw.at(path), &[], ReqBody::full(chat_body(MODEL)))
+            .request(
+                "POST",
+                &gw.at(path),
+                &[],
+                ReqBody::full(chat_body(MODEL, false)),
+            )
             .await;
         assert_openai_error(&r, 404, "not_found");
     }
@@ -278,29 +255,32 @@ async fn upstream_key_never_in_answers_or_logs() {
     answers.push(get(&gw.at("/v1/models")).await);
 
     // 502 (only endpoint of the model is down), small and large body.
-    for body in [chat_body("doomed-model"), large_chat_body("doomed-model")] {
+    for body in [
+        chat_body("doomed-model", false),
+        large_chat_body("doomed-model"),
+    ] {
         let r = post_json(&chat, body, &[]).await;
         assert_openai_error(&r, 502, "upstream_error");
         answers.push(r);
     }
     // 504 (slow upstream), small and large body.
-    for body in [chat_body(MODEL), large_chat_body(MODEL)] {
+    for body in [chat_body(MODEL, false), large_chat_body(MODEL)] {
         let r = post_json(&chat, body, &[("x-mock-delay-ms", "2000")]).await;
         assert_openai_error(&r, 504, "upstream_timeout");
         answers.push(r);
     }
     // The upstream's own error answer, passed through.
-    let r = post_json(&chat, chat_body(MODEL), &[("x-mock-status", "401")]).await;
+    let r = post_json(&chat, chat_body(MODEL, false), &[("x-mock-status", "401")]).await;
     assert_eq!(r.status, 401);
     answers.push(r);
     // Gateway 4xx answers.
     answers.push(post_json(&chat, "{", &[]).await);
-    answers.push(post_json(&chat, chat_body("unknown"), &[]).await);
+    answers.push(post_json(&chat, chat_body("unknown", false), &[]).await);
     answers.push(get(&gw.at("/nope")).await);
     // A successful one, with the client's own key.
     let r = post_json(
         &chat,
-        chat_body(MODEL),
+        chat_body(MODEL, false),
         &[("authorization", "Bearer client-key")],
     )
     .await;
@@ -344,7 +324,7 @@ async fn odd_input_is_4xx_and_the_gateway_survives() {
 
     // A 10 KB model name: 404, and the echo in the message is bounded.
     let huge_model = "m".repeat(10 * 1024);
-    let r = post_json(&chat, chat_body(&huge_model), &[]).await;
+    let r = post_json(&chat, chat_body(&huge_model, false), &[]).await;
     let e = assert_openai_error(&r, 404, "model_not_found");
     assert!(
         e["message"].as_str().unwrap().len() < 2048,
@@ -380,7 +360,7 @@ async fn odd_input_is_4xx_and_the_gateway_survives() {
                 ("content-type", "application/json"),
                 ("x-long", &long_value),
             ],
-            ReqBody::full(chat_body(MODEL)),
+            ReqBody::full(chat_body(MODEL, false)),
         )
         .await;
     assert!(
@@ -435,7 +415,10 @@ async fn odd_input_is_4xx_and_the_gateway_survives() {
     // Still alive and routing.
     assert!(gw.try_wait().is_none(), "gateway exited");
     assert_eq!(get(&gw.at("/health")).await.status, 200);
-    assert_eq!(post_json(&chat, chat_body(MODEL), &[]).await.status, 200);
+    assert_eq!(
+        post_json(&chat, chat_body(MODEL, false), &[]).await.status,
+        200
+    );
     let logs = gw.logs();
     assert!(!logs.contains("panicked"), "gateway panicked:\n{logs}");
 }
@@ -453,11 +436,17 @@ async fn client_connection_survives_4xx_answers() {
     // (method, path, body, status, may close the connection)
     let steps = [
         ("POST", "/v1/chat/completions", "{".to_string(), 400, false),
-        ("POST", "/v1/chat/completions", chat_body(MODEL), 200, false),
         (
             "POST",
             "/v1/chat/completions",
-            chat_body("unknown"),
+            chat_body(MODEL, false),
+            200,
+            false,
+        ),
+        (
+            "POST",
+            "/v1/chat/completions",
+            chat_body("unknown", false),
             404,
             false,
         ),
@@ -480,7 +469,13 @@ async fn client_connection_survives_4xx_answers() {
         ("POST", "/v1/models", "{}".to_string(), 405, true),
         ("GET", "/v1/models", String::new(), 200, false),
         ("POST", "/nope", "{}".to_string(), 404, true),
-        ("POST", "/v1/chat/completions", chat_body(MODEL), 200, false),
+        (
+            "POST",
+            "/v1/chat/completions",
+            chat_body(MODEL, false),
+            200,
+            false,
+        ),
     ];
     for (i, (method, path, body, want, may_close)) in steps.into_iter().enumerate() {
         let req_body = if body.is_empty() {

@@ -8,16 +8,9 @@ use bytes::Bytes;
 use common::*;
 use serde_json::{json, Value};
 
-fn chat_body(model: &str, stream: bool) -> String {
-    json!({
-        "model": model,
-        "stream": stream,
-        "messages": [{"role": "user", "content": "say hello to the mock"}],
-    })
-    .to_string()
-}
-
-fn assert_openai_error(r: &Resp, status: u16, code: &str) {
+/// Asserts one of the mock's own OpenAI error answers (its `type` depends on the status; `param`
+/// is null).
+fn assert_mock_error(r: &Resp, status: u16, code: &str) {
     assert_eq!(r.status, status, "body: {}", r.text());
     let v = r.json();
     assert_eq!(v["error"]["code"], code, "body: {v}");
@@ -77,9 +70,9 @@ async fn discovery_failing_answers_500() {
     openai.set_discovery_failing(true);
     ocf.set_discovery_failing(true);
     let r = get(&format!("{}/v1/models", openai.url())).await;
-    assert_openai_error(&r, 500, "mock_discovery_failing");
+    assert_mock_error(&r, 500, "mock_discovery_failing");
     assert_eq!(r.header("x-mock-name"), Some("up-a"));
-    assert_openai_error(
+    assert_mock_error(
         &get(&format!("{}/v1/dnt/table", ocf.url())).await,
         500,
         "mock_discovery_failing",
@@ -183,12 +176,12 @@ async fn non_streaming_shapes() {
 
     // Errors: not JSON, unknown path, wrong method, forced status.
     let r = post_json(&format!("{url}/v1/chat/completions"), "not json", &[]).await;
-    assert_openai_error(&r, 400, "invalid_json");
+    assert_mock_error(&r, 400, "invalid_json");
     let r = get(&format!("{url}/v1/nope")).await;
-    assert_openai_error(&r, 404, "not_found");
+    assert_mock_error(&r, 404, "not_found");
     assert_eq!(r.json()["error"]["type"], "invalid_request_error");
     assert_eq!(r.header("x-mock-name"), Some("up-a"));
-    assert_openai_error(
+    assert_mock_error(
         &get(&format!("{url}/v1/chat/completions")).await,
         405,
         "method_not_allowed",
@@ -199,7 +192,7 @@ async fn non_streaming_shapes() {
         &[("x-mock-status", "429")],
     )
     .await;
-    assert_openai_error(&r, 429, "mock_status");
+    assert_mock_error(&r, 429, "mock_status");
     assert_eq!(r.json()["error"]["type"], "rate_limit_error");
 
     // Delay before headers.
@@ -361,19 +354,10 @@ async fn client_disconnect_mid_stream_is_noticed() {
     drop(s);
 
     // Readiness-style poll, bounded by 1 s.
-    let deadline = dropped_at + Duration::from_secs(1);
-    let closed = loop {
-        let rec = mock.streams().pop().expect("one stream record");
-        if let Some(t) = rec.closed_early_at {
-            break (t, rec);
-        }
-        assert!(
-            Instant::now() < deadline,
-            "disconnect not noticed within 1 s: {rec:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    };
-    let (at, rec) = closed;
+    let rec = wait_stream_closed_early(&mock, Duration::from_secs(1)).await;
+    let at = rec
+        .closed_early_at
+        .unwrap_or_else(|| panic!("disconnect not noticed within 1 s: {rec:?}"));
     assert!(at.duration_since(dropped_at) < Duration::from_secs(1));
     assert!(!rec.finished);
     assert!(
@@ -405,18 +389,10 @@ async fn disconnect_noticed_during_a_long_pause() {
         assert!(s.next_chunk().await.is_some());
         let dropped_at = Instant::now();
         drop(s);
-        let deadline = dropped_at + Duration::from_secs(1);
-        let at = loop {
-            let rec = mock.streams().pop().expect("one stream record");
-            if let Some(t) = rec.closed_early_at {
-                break t;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "tls={tls}: disconnect not noticed within 1 s"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        };
+        let at = wait_stream_closed_early(&mock, Duration::from_secs(1))
+            .await
+            .closed_early_at
+            .unwrap_or_else(|| panic!("tls={tls}: disconnect not noticed within 1 s"));
         let took = at.duration_since(dropped_at);
         assert!(took < Duration::from_secs(1), "tls={tls}: {took:?}");
         assert_eq!(mock.streams()[0].event_times.len(), 1);
@@ -472,7 +448,7 @@ async fn ocf_routes_and_dnt_table() {
         "/v1/responses",
     ] {
         let r = post_json(&format!("{url}{path}"), chat_body("q", false), &[]).await;
-        assert_openai_error(&r, 404, "not_found");
+        assert_mock_error(&r, 404, "not_found");
     }
     assert_eq!(mock.requests().last().unwrap().path, "/v1/responses");
 
@@ -509,7 +485,7 @@ async fn ocf_routes_and_dnt_table() {
 
     // The openai kind has no dnt table.
     let openai = start_mock(MockConfig::openai("up", ["m"])).await;
-    assert_openai_error(
+    assert_mock_error(
         &get(&format!("{}/v1/dnt/table", openai.url())).await,
         404,
         "not_found",

@@ -28,7 +28,9 @@ fn config(endpoints: &[String]) -> String {
     )
 }
 
-fn chat_body(model: &str) -> String {
+/// A chat request with a system and a user message and a sampling parameter: richer than
+/// [`chat_body`], so the pass-through checks cover more than the minimal shape.
+fn rich_chat_body(model: &str) -> String {
     json!({
         "model": model,
         "messages": [
@@ -38,14 +40,6 @@ fn chat_body(model: &str) -> String {
         "temperature": 0.2,
     })
     .to_string()
-}
-
-/// Only the inference requests a mock received (discovery polls `GET /v1/models` too).
-fn inference_requests(mock: &MockServer) -> Vec<RecordedRequest> {
-    mock.requests()
-        .into_iter()
-        .filter(|r| r.method == "POST")
-        .collect()
 }
 
 /// The JSON answer without the fields that differ from one answer to the next.
@@ -59,23 +53,18 @@ fn stable(mut v: Value) -> Value {
 
 /// Wait (bounded) until `/v1/endpoints` shows `name` serving `model`.
 async fn wait_model_on(gw: &Gateway, name: &str, model: &str) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
+    let serves = || async {
         let v = get(&gw.at("/v1/endpoints")).await.json();
-        let serves = v["data"].as_array().into_iter().flatten().any(|e| {
+        v["data"].as_array().into_iter().flatten().any(|e| {
             e["name"] == name
                 && e["models"]
                     .as_array()
                     .is_some_and(|m| m.iter().any(|m| m == model))
-        });
-        if serves {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "endpoint {name} never served {model}: {v}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        })
+    };
+    if poll_until(Duration::from_secs(10), serves).await.is_none() {
+        let v = get(&gw.at("/v1/endpoints")).await.json();
+        panic!("endpoint {name} never served {model}: {v}");
     }
 }
 
@@ -92,7 +81,7 @@ async fn openai_routes_proxied_with_endpoint_key_and_host() {
     let cases = [
         (
             "/v1/chat/completions",
-            chat_body("m-keyed"),
+            rich_chat_body("m-keyed"),
             "chat.completion",
         ),
         (
@@ -146,7 +135,7 @@ async fn openai_routes_proxied_with_endpoint_key_and_host() {
     // No api_key: no Authorization at all, even though the client sent one.
     let r = post_json(
         &gw.at("/v1/chat/completions"),
-        chat_body("m-open"),
+        rich_chat_body("m-open"),
         &[("authorization", "Bearer client-secret")],
     )
     .await;
@@ -196,7 +185,7 @@ async fn ocf_model_goes_under_service_prefix() {
     ]))
     .await;
 
-    let body = chat_body("Qwen/Qwen3-8B");
+    let body = rich_chat_body("Qwen/Qwen3-8B");
     let r = post_json(&gw.at("/v1/chat/completions"), body.clone(), &[]).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.header("x-mock-name"), Some("head"));
@@ -249,7 +238,7 @@ async fn round_robin_spreads_over_two_endpoints() {
                 "POST",
                 "/v1/chat/completions",
                 &[("content-type", "application/json")],
-                ReqBody::full(chat_body("shared")),
+                ReqBody::full(rich_chat_body("shared")),
             )
             .await
             .unwrap_or_else(|e| panic!("request {i}: {e}"));
@@ -280,7 +269,12 @@ async fn connect_failure_falls_over_to_the_other_endpoint() {
     doomed.shutdown().await;
 
     for i in 0..20 {
-        let r = post_json(&gw.at("/v1/chat/completions"), chat_body("shared"), &[]).await;
+        let r = post_json(
+            &gw.at("/v1/chat/completions"),
+            rich_chat_body("shared"),
+            &[],
+        )
+        .await;
         assert_eq!(r.status, 200, "request {i}: {}", r.text());
         assert_eq!(r.header("x-mock-name"), Some("alive"), "request {i}");
     }
@@ -351,7 +345,7 @@ async fn client_headers_pass_through() {
 
     let r = post_json(
         &gw.at("/v1/chat/completions"),
-        chat_body("m1"),
+        rich_chat_body("m1"),
         &[
             ("x-custom", "1"),
             ("openai-organization", "org-123"),
@@ -388,7 +382,7 @@ async fn upstream_status_and_body_pass_through() {
     for status in ["400", "401", "429", "500", "503"] {
         let r = post_json(
             &gw.at("/v1/chat/completions"),
-            chat_body("m1"),
+            rich_chat_body("m1"),
             &[("x-mock-status", status)],
         )
         .await;
@@ -411,7 +405,7 @@ async fn upstream_restart_with_pooled_connections() {
     let large =
         json!({"model": "m1", "messages": [{"role": "user", "content": "y".repeat(200 * 1024)}]})
             .to_string();
-    for body in [chat_body("m1"), large.clone()] {
+    for body in [rich_chat_body("m1"), large.clone()] {
         let r = post_json(&gw.at("/v1/chat/completions"), body, &[]).await;
         assert_eq!(r.status, 200, "{}", r.text());
     }
@@ -419,9 +413,14 @@ async fn upstream_restart_with_pooled_connections() {
     let again = MockServer::start_on(MockConfig::openai("after", ["m1"]), addr)
         .await
         .expect("restart the mock on its port");
-    for (i, body) in [chat_body("m1"), large.clone(), large, chat_body("m1")]
-        .into_iter()
-        .enumerate()
+    for (i, body) in [
+        rich_chat_body("m1"),
+        large.clone(),
+        large,
+        rich_chat_body("m1"),
+    ]
+    .into_iter()
+    .enumerate()
     {
         let r = post_json(&gw.at("/v1/chat/completions"), body.clone(), &[]).await;
         assert_eq!(r.status, 200, "request {i} after the restart: {}", r.text());

@@ -82,11 +82,7 @@ async fn first_event_before_second_is_sent(prompt_bytes: usize) {
         assert_eq!(v["model"], MODEL);
     }
 
-    let reqs: Vec<_> = mock
-        .requests()
-        .into_iter()
-        .filter(|r| r.method == "POST")
-        .collect();
+    let reqs = inference_requests(&mock);
     assert_eq!(reqs.len(), 1);
     assert_eq!(reqs[0].body, body.as_bytes(), "request body changed");
     assert_eq!(reqs[0].header("authorization"), Some("Bearer sk-sse"));
@@ -111,19 +107,13 @@ async fn client_disconnect_closes_upstream(prompt_bytes: usize) {
     let dropped_at = Instant::now();
     drop(s);
 
-    let deadline = dropped_at + Duration::from_secs(1);
-    let (closed_at, rec) = loop {
-        let rec = mock.streams().pop().expect("a stream record");
-        if let Some(t) = rec.closed_early_at {
-            break (t, rec);
-        }
-        assert!(
-            Instant::now() < deadline,
+    let rec = wait_stream_closed_early(&mock, Duration::from_secs(1)).await;
+    let closed_at = rec.closed_early_at.unwrap_or_else(|| {
+        panic!(
             "upstream stream still open 1 s after the client left: {} events sent",
             rec.event_times.len()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+        )
+    });
     assert!(
         closed_at.duration_since(dropped_at) < Duration::from_secs(1),
         "closed {:?} after the drop",

@@ -6,59 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use serde_json::{json, Value};
-
-fn chat_body(model: &str, stream: bool) -> String {
-    json!({
-        "model": model,
-        "stream": stream,
-        "messages": [{"role": "user", "content": "hello over tls"}],
-    })
-    .to_string()
-}
-
-async fn model_ids(gw: &Gateway) -> Vec<String> {
-    let r = get(&gw.at("/v1/models")).await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    r.json()["data"]
-        .as_array()
-        .expect("data is an array")
-        .iter()
-        .map(|m| m["id"].as_str().expect("id").to_string())
-        .collect()
-}
-
-async fn endpoint_named(gw: &Gateway, name: &str) -> Value {
-    let r = get(&gw.at("/v1/endpoints")).await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    let v = r.json();
-    v["data"]
-        .as_array()
-        .expect("data is an array")
-        .iter()
-        .find(|e| e["name"] == name)
-        .cloned()
-        .unwrap_or_else(|| panic!("endpoint {name} not in /v1/endpoints: {v}"))
-}
-
-fn assert_openai_error(r: &Resp) -> Value {
-    assert!(
-        r.status >= 400,
-        "expected an error, got {}: {}",
-        r.status,
-        r.text()
-    );
-    let v = r.json();
-    let e = &v["error"];
-    assert!(e["message"].is_string(), "{v}");
-    assert!(e["type"].is_string(), "{v}");
-    assert!(e["code"].is_string(), "{v}");
-    assert!(
-        e.as_object().is_some_and(|o| o.contains_key("param")),
-        "{v}"
-    );
-    v
-}
+use serde_json::json;
 
 /// A gateway in front of one HTTPS mock (`url` built from the mock's port by `url_of`),
 /// trusting only `trusted`. Returns the gateway and the dir holding the CA file.
@@ -103,12 +51,7 @@ async fn https_upstream_with_its_ca_discovers_proxies_and_streams() {
 
     // A plain request is proxied over TLS with the upstream's Host.
     mock.clear_records();
-    let r = post_json(
-        &gw.at("/v1/chat/completions"),
-        chat_body("tls-model", false),
-        &[],
-    )
-    .await;
+    let r = post_chat(&gw, "tls-model", &[]).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.header("x-mock-name"), Some("tls-up"));
     assert_eq!(r.json()["object"], "chat.completion");
@@ -168,12 +111,7 @@ async fn https_upstream_by_ip_address() {
     let e = endpoint_named(&gw, "tls-up").await;
     assert_eq!(e["discovery"]["status"], "ok", "{e}");
     assert_eq!(model_ids(&gw).await, ["ip-model"]);
-    let r = post_json(
-        &gw.at("/v1/chat/completions"),
-        chat_body("ip-model", false),
-        &[],
-    )
-    .await;
+    let r = post_chat(&gw, "ip-model", &[]).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.header("x-mock-name"), Some("tls-ip"));
 }
@@ -211,9 +149,7 @@ async fn wrong_ca_fails_discovery_with_a_tls_error() {
         )
         .await;
     assert!(t0.elapsed() < Duration::from_secs(10));
-    let v = assert_openai_error(&r);
-    assert_eq!(r.status, 404, "{v}");
-    assert_eq!(v["error"]["code"], "model_not_found", "{v}");
+    assert_openai_error(&r, 404, "model_not_found");
     assert!(
         !mock
             .requests()

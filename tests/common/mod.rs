@@ -8,9 +8,13 @@
 //! - HTTP client: [`get`], [`try_get`], [`post_json`], [`post_stream`] (plain), [`Client`]
 //!   (TLS roots, timeouts, raw requests, chunked bodies), [`Conn`] (keep-alive), [`sse_data`]
 //! - [`TestCa`]: CA + `localhost`/127.0.0.1 leaf, as PEM, files, `MockTls` or a client
+//! - API helpers: [`chat_body`], [`post_chat`], [`get_ok`], [`models_json`], [`model_ids`], [`endpoints_json`],
+//!   [`endpoints`], [`endpoint_named`], [`assert_openai_error`], [`inference_requests`],
+//!   [`auth_headers`], [`last_stream`], [`wait_stream_closed_early`], [`poll_until`]
 
 #![allow(dead_code, unused_imports)]
 
+pub mod api;
 pub mod client;
 pub mod gateway;
 pub mod tls;
@@ -20,6 +24,11 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 
+pub use self::api::{
+    assert_openai_error, auth_headers, chat_body, endpoint_named, endpoints, endpoints_json,
+    get_ok, inference_requests, last_stream, model_ids, models_json, poll_until, post_chat,
+    wait_stream_closed_early,
+};
 pub use self::client::{
     get, post_json, post_stream, sse_data, try_get, Client, Conn, ReqBody, Resp, StreamResp,
 };
