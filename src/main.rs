@@ -55,12 +55,40 @@ fn main() -> ExitCode {
         eprintln!("ai-proxy: cannot listen on {}: {e}", config.listen);
         return ExitCode::FAILURE;
     }
+    raise_open_file_limit();
     log::info!(
         "ai-proxy {} starting: {}",
         env!("CARGO_PKG_VERSION"),
         summary(&config)
     );
     ai_proxy::build_server(&config).run_forever()
+}
+
+/// Every proxied request holds two sockets (client and upstream), so the usual soft limit of
+/// 1024 open files caps the gateway near 500 concurrent streams. Raise the soft limit to the
+/// hard one, as nginx's `worker_rlimit_nofile` would.
+fn raise_open_file_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain libc calls on a stack value of the type they expect.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 || lim.rlim_cur >= lim.rlim_max {
+            return;
+        }
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+            log::info!(
+                "open-file limit raised from {} to {}",
+                lim.rlim_cur,
+                lim.rlim_max
+            );
+        }
+    }
 }
 
 fn summary(c: &Config) -> String {
