@@ -6,6 +6,11 @@ use std::process::ExitCode;
 use ai_proxy::config::{Config, ProcessEnv, Source};
 use clap::Parser;
 
+/// jemalloc instead of glibc malloc: Pingora allocates per request and per chunk, and glibc's
+/// per-thread arenas cost CPU and keep freed memory (see README, Performance).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// An OpenAI-compatible AI gateway: routes each request by its `model` to a healthy endpoint
 /// (OpenAI-compatible servers and OCF networks), discovering models in the background.
 #[derive(Parser, Debug)]

@@ -1,0 +1,112 @@
+//! The machine the bench runs on (cores, CPU model, kernel) and the open-files limit it raises.
+
+use std::fmt;
+
+/// What the report says about the machine.
+#[derive(Clone, Debug)]
+pub struct Machine {
+    pub cores: usize,
+    pub cpu_model: String,
+    pub kernel: String,
+    /// RLIMIT_NOFILE (soft, hard) after [`raise_nofile`].
+    pub nofile: (u64, u64),
+}
+
+impl Machine {
+    pub fn detect(nofile: (u64, u64)) -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("model name"))
+                    .and_then(|l| l.split_once(':'))
+                    .map(|(_, v)| v.trim().to_string())
+            })
+            .unwrap_or_else(|| "unknown CPU".to_string());
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map(|s| format!("Linux {}", s.trim()))
+            .unwrap_or_else(|_| std::env::consts::OS.to_string());
+        Machine {
+            cores,
+            cpu_model,
+            kernel,
+            nofile,
+        }
+    }
+}
+
+impl fmt::Display for Machine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} cores ({}), {}, open files limit {} (hard {})",
+            self.cores, self.cpu_model, self.kernel, self.nofile.0, self.nofile.1
+        )
+    }
+}
+
+/// Raise this process's soft RLIMIT_NOFILE to its hard limit (children inherit it) and return
+/// (soft, hard). The hard limit is left alone: it is the machine's budget, and the report says
+/// what did not fit in it.
+pub fn raise_nofile() -> Result<(u64, u64), String> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read/write the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(format!(
+            "getrlimit(NOFILE): {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+            return Err(format!(
+                "setrlimit(NOFILE, {}): {}",
+                lim.rlim_max,
+                std::io::Error::last_os_error()
+            ));
+        }
+        lim = raised;
+    }
+    Ok((lim.rlim_cur, lim.rlim_max))
+}
+
+/// The kernel's cap on listen backlogs (`net.core.somaxconn`), if readable.
+pub fn somaxconn() -> Option<u32> {
+    std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Fraction of all CPUs busy over `over` (from /proc/stat), to tell whether other work shares
+/// the machine with the bench.
+pub fn busy_fraction(over: std::time::Duration) -> Option<f64> {
+    fn sample() -> Option<(u64, u64)> {
+        let text = std::fs::read_to_string("/proc/stat").ok()?;
+        let line = text.lines().find(|l| l.starts_with("cpu "))?;
+        let v: Vec<u64> = line
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        // user nice system idle iowait irq softirq steal ...
+        let idle = v.get(3)? + v.get(4).unwrap_or(&0);
+        Some((v.iter().sum(), idle))
+    }
+    let (t0, i0) = sample()?;
+    std::thread::sleep(over);
+    let (t1, i1) = sample()?;
+    let total = t1.checked_sub(t0).filter(|&t| t > 0)?;
+    let idle = i1.saturating_sub(i0);
+    Some(1.0 - idle as f64 / total as f64)
+}

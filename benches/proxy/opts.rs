@@ -1,0 +1,137 @@
+//! Command-line options of the proxy bench and the durations and sizes each mode implies.
+//!
+//! `cargo bench` passes `--bench` to a `harness = false` bench; `cargo test --benches` does
+//! not. The bench only runs when it sees `--bench`, so a test run of all targets does not
+//! start minutes of load by accident.
+
+use std::time::Duration;
+
+/// The systems the bench knows, in their default order.
+pub const ALL_SYSTEMS: [&str; 3] = ["direct", "ai-proxy", "nginx"];
+
+pub const USAGE: &str = "\
+usage: cargo bench --bench proxy [-- OPTIONS]
+
+  --quick            smoke run: short durations, 1,000 streams only (~40 s)
+  --streams N[,M..]  concurrent stream counts to run (default 1000,10000)
+  --stream-window N  streams connecting / awaiting their head at once (default: 3/4 of the
+                     mock's listen backlog)
+  --systems A[,B..]  subset of direct,ai-proxy,nginx (default: all; nginx only if on PATH)
+  --help             this text";
+
+/// What to run and for how long.
+#[derive(Clone, Debug)]
+pub struct Opts {
+    /// `--bench` was given (cargo bench); without it the bench does nothing.
+    pub run: bool,
+    pub quick: bool,
+    /// Requests timed one after another at concurrency 1 (after `latency_warmup` untimed).
+    pub latency_requests: usize,
+    pub latency_warmup: usize,
+    /// Untimed load before each fixed-duration point (connections, caches, pools).
+    pub warmup: Duration,
+    /// Timed window of the 1 KiB throughput points.
+    pub small_duration: Duration,
+    /// Timed window of the 256 KiB throughput points.
+    pub large_duration: Duration,
+    pub concurrencies: Vec<usize>,
+    pub small_body: usize,
+    pub large_body: usize,
+    pub stream_counts: Vec<usize>,
+    /// Content events per stream and the pause between them (asked of the mock per request).
+    pub stream_events: usize,
+    pub stream_interval: Duration,
+    /// Stream ramp window: connections opened, and requests waiting for their head, at once.
+    /// `None`: three quarters of the mock's listen backlog (see `net::stream_window`).
+    pub stream_window: Option<usize>,
+    /// Systems asked for on the command line (`None`: all that are available).
+    pub systems: Option<Vec<String>>,
+}
+
+impl Opts {
+    fn full() -> Self {
+        Opts {
+            run: false,
+            quick: false,
+            latency_requests: 10_000,
+            latency_warmup: 1_000,
+            warmup: Duration::from_secs(1),
+            small_duration: Duration::from_secs(5),
+            large_duration: Duration::from_secs(3),
+            concurrencies: vec![64, 256],
+            small_body: 1024,
+            large_body: 256 * 1024,
+            stream_counts: vec![1_000, 10_000],
+            stream_events: 32,
+            stream_interval: Duration::from_millis(15),
+            stream_window: None,
+            systems: None,
+        }
+    }
+
+    fn quick() -> Self {
+        Opts {
+            quick: true,
+            latency_requests: 2_000,
+            latency_warmup: 200,
+            warmup: Duration::from_millis(300),
+            small_duration: Duration::from_secs(1),
+            large_duration: Duration::from_secs(1),
+            stream_counts: vec![1_000],
+            ..Self::full()
+        }
+    }
+
+    /// Parse the arguments after the program name. `Err` carries the message to print.
+    pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Opts, String> {
+        let args: Vec<String> = args.into_iter().collect();
+        let mut opts = if args.iter().any(|a| a == "--quick") {
+            Self::quick()
+        } else {
+            Self::full()
+        };
+        let mut it = args.iter();
+        // Bounded: each step consumes at least one argument.
+        while let Some(arg) = it.next() {
+            match arg.as_str() {
+                "--bench" => opts.run = true,
+                "--quick" => {}
+                "--help" | "-h" => return Err(USAGE.to_string()),
+                "--streams" => {
+                    let v = it.next().ok_or("--streams needs a value")?;
+                    opts.stream_counts = parse_counts(v)?;
+                }
+                "--stream-window" => {
+                    let v = it.next().ok_or("--stream-window needs a value")?;
+                    opts.stream_window = Some(parse_counts(v)?.first().copied().unwrap_or(1));
+                }
+                "--systems" => {
+                    let v = it.next().ok_or("--systems needs a value")?;
+                    let names: Vec<String> = v.split(',').map(|s| s.trim().to_string()).collect();
+                    if let Some(bad) = names.iter().find(|n| !ALL_SYSTEMS.contains(&n.as_str())) {
+                        return Err(format!("unknown system {bad:?}\n{USAGE}"));
+                    }
+                    opts.systems = Some(names);
+                }
+                other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
+            }
+        }
+        Ok(opts)
+    }
+
+    /// Whether `name` should run (before checking that it is available).
+    pub fn wants(&self, name: &str) -> bool {
+        self.systems
+            .as_ref()
+            .is_none_or(|s| s.iter().any(|n| n == name))
+    }
+}
+
+fn parse_counts(v: &str) -> Result<Vec<usize>, String> {
+    v.split(',')
+        .map(|s| match s.trim().parse::<usize>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(format!("{s:?} is not a positive number")),
+        })
+        .collect()
+}
