@@ -289,7 +289,7 @@ impl MockServer {
             Some(t) => Some(t.acceptor()?),
             None => None,
         };
-        let listener = TcpListener::bind(addr).await?;
+        let listener = bind_listener(addr)?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             name: cfg.name,
@@ -474,4 +474,18 @@ async fn serve_conn(stream: TcpStream, shared: Arc<Shared>, acceptor: Option<Tls
     if let Err(e) = res {
         log::debug!("mock {}: connection ended with error: {e}", shared.name);
     }
+}
+
+/// A listener with a deep accept backlog: load benches open thousands of streams at once, and
+/// the default backlog (128 with tokio's `bind`) would drop connection attempts.
+fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
+    const BACKLOG: u32 = 4096;
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
 }
