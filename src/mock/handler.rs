@@ -112,7 +112,32 @@ fn discovery_failing(shared: &Shared) -> Option<Response<MockBody>> {
 }
 
 /// Handle one request. Never panics; every outcome is an HTTP response.
+/// Records the request as abandoned if hyper drops the handler (the client went away) before
+/// the answer is ready.
+struct AnswerPending<'a> {
+    shared: &'a Shared,
+    answered: bool,
+}
+
+impl Drop for AnswerPending<'_> {
+    fn drop(&mut self) {
+        if !self.answered {
+            lock(&self.shared.abandoned).push(Instant::now());
+        }
+    }
+}
+
 pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<MockBody> {
+    let mut pending = AnswerPending {
+        shared: &shared,
+        answered: false,
+    };
+    let resp = answer(&shared, req).await;
+    pending.answered = true;
+    resp
+}
+
+async fn answer(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<MockBody> {
     let received_at = Instant::now();
     let n = shared.count.fetch_add(1, Ordering::Relaxed) + 1;
     let (parts, body) = req.into_parts();
@@ -120,7 +145,7 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Respo
         Ok(c) => c.to_bytes(),
         Err(e) => {
             let msg = format!("mock {}: could not read the request body: {e}", shared.name);
-            return error(&shared, StatusCode::BAD_REQUEST, &msg, "bad_body");
+            return error(shared, StatusCode::BAD_REQUEST, &msg, "bad_body");
         }
     };
     let path_and_query = parts
@@ -148,7 +173,7 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Respo
         });
     }
 
-    let ov = Overrides::new(&shared, &parts.headers);
+    let ov = Overrides::new(shared, &parts.headers);
     if !ov.delay.is_zero() {
         tokio::time::sleep(ov.delay).await;
     }
@@ -158,10 +183,10 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Respo
             shared.name,
             status.as_u16()
         );
-        return error(&shared, status, &msg, "mock_status");
+        return error(shared, status, &msg, "mock_status");
     }
     route(
-        &shared,
+        shared,
         &parts.method,
         parts.uri.path(),
         &path_and_query,

@@ -244,6 +244,8 @@ pub(crate) struct Shared {
     pub(crate) count: AtomicUsize,
     pub(crate) requests: Mutex<Vec<RecordedRequest>>,
     pub(crate) streams: Mutex<Vec<Arc<Mutex<StreamRecord>>>>,
+    /// When requests were abandoned: the connection went away before the answer was sent.
+    pub(crate) abandoned: Mutex<Vec<Instant>>,
 }
 
 /// Lock a mutex, ignoring poisoning (a panicking test thread must not cascade into the mock).
@@ -305,6 +307,7 @@ impl MockServer {
             count: AtomicUsize::new(0),
             requests: Mutex::new(Vec::new()),
             streams: Mutex::new(Vec::new()),
+            abandoned: Mutex::new(Vec::new()),
         });
         let (stop_tx, stop_rx) = oneshot::channel();
         let tls = acceptor.is_some();
@@ -384,6 +387,13 @@ impl MockServer {
     }
 
     /// Snapshot of one record per SSE response started (empty when `record` is false).
+    /// When each abandoned request was noticed: its connection closed while the mock was still
+    /// preparing the answer (e.g. during `x-mock-delay-ms`). Streams cut later are in
+    /// [`StreamRecord::closed_early_at`] instead.
+    pub fn abandoned(&self) -> Vec<Instant> {
+        lock(&self.shared.abandoned).clone()
+    }
+
     pub fn streams(&self) -> Vec<StreamRecord> {
         lock(&self.shared.streams)
             .iter()

@@ -8,6 +8,7 @@
 //! phases with the route decided here.
 
 mod body;
+mod client_gone;
 mod local;
 mod respond;
 
@@ -149,8 +150,23 @@ impl Gateway {
             .body_mode(BodyMode::ExpectBody)
             .build();
         let (prepared, handle) = spawner.create_subrequest(session.as_downstream(), sub_ctx);
+        // The pipe does not read the client while it waits: watch the socket for a close.
+        let watch = session
+            .as_downstream()
+            .stream()
+            .and_then(|s| client_gone::ClientWatch::new(s.id()).ok());
         let input = InputBodyType::Preset(InputBody::Bytes(vec![body]));
-        match pipe_subrequest(session, prepared, handle, |t| Ok(Some(t)), input).await {
+        let pipe = pipe_subrequest(session, prepared, handle, |t| Ok(Some(t)), input);
+        let piped = match &watch {
+            Some(w) => tokio::select! {
+                piped = pipe => piped,
+                () = w.closed() => {
+                    return Err(Error::explain(ErrorType::ConnectionClosed, "the client went away").into_down());
+                }
+            },
+            None => pipe.await,
+        };
+        match piped {
             Ok(state) if state.header_received => Ok(true),
             Ok(_) => Err(ErrorKind::UpstreamFailed.err("the upstream sent no response")),
             Err(e) => Err(e.error),
