@@ -1,6 +1,7 @@
 //! An upstream model server as configured: where it is, how to talk to it, how paths map.
 
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use http::HeaderValue;
@@ -70,6 +71,8 @@ pub struct Endpoint {
     pub authorization: Option<HeaderValue>,
     /// Trusted CAs for this endpoint in place of the system roots (`ca_file`).
     pub ca: Option<Arc<CaType>>,
+    /// Requests sent to this endpoint whose response has not ended yet (see [`InFlight`]).
+    in_flight: AtomicUsize,
 }
 
 impl fmt::Debug for Endpoint {
@@ -81,6 +84,18 @@ impl fmt::Debug for Endpoint {
             .field("has_key", &self.authorization.is_some())
             .field("has_ca", &self.ca.is_some())
             .finish()
+    }
+}
+
+/// One request in flight to an endpoint. Held by the request's context, so it lasts until the
+/// response truly ends (last byte, error or client disconnect), and a retry's new guard
+/// replaces the failed attempt's. Counting by drop keeps the count exact and never negative.
+#[derive(Debug)]
+pub struct InFlight(Arc<Endpoint>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -179,6 +194,7 @@ impl Endpoint {
             base_path: parts.base_path,
             authorization: api_key.map(|k| k.0),
             ca,
+            in_flight: AtomicUsize::new(0),
         })
     }
 
@@ -194,6 +210,17 @@ impl Endpoint {
         p.push_str(prefix);
         p.push_str(client_path);
         p
+    }
+
+    /// Requests in flight to this endpoint right now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Count a request as in flight to this endpoint until the returned guard is dropped.
+    pub fn start_request(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.clone())
     }
 
     /// Whether the client path needs rewriting at all (the common case does not).
@@ -323,6 +350,18 @@ mod tests {
         plain.rewrite_request(&mut req).unwrap();
         assert!(req.headers.get("authorization").is_none());
         assert_eq!(req.uri.path(), "/v1/embeddings");
+    }
+
+    #[test]
+    fn in_flight_counts_live_guards() {
+        let ep = Arc::new(ep("http://h:1", EndpointKind::Openai));
+        let a = ep.start_request();
+        let b = ep.start_request();
+        assert_eq!(ep.in_flight(), 2);
+        drop(a);
+        assert_eq!(ep.in_flight(), 1);
+        drop(b);
+        assert_eq!(ep.in_flight(), 0);
     }
 
     #[test]

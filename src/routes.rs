@@ -11,6 +11,8 @@ use bytes::Bytes;
 use pingora::lb::selection::RoundRobin;
 use pingora::lb::LoadBalancer;
 
+use crate::endpoint::Endpoint;
+use crate::openai::List;
 use crate::upstream::Upstream;
 
 /// The upstreams that serve one model, balanced round robin.
@@ -90,13 +92,28 @@ pub struct Routes {
     pub default_upstream: Option<Arc<Upstream>>,
     /// `GET /v1/models`, rendered once per discovery round.
     pub models_json: Bytes,
-    /// `GET /v1/endpoints`, rendered once per discovery round.
-    pub endpoints_json: Bytes,
+    /// `GET /v1/endpoints` entries as of the last discovery round, each with its endpoint,
+    /// whose live counters are added when the listing is served.
+    pub endpoint_views: Vec<(Arc<Endpoint>, serde_json::Map<String, serde_json::Value>)>,
     /// The first discovery round has completed.
     pub ready: bool,
 }
 
 impl Routes {
+    /// `GET /v1/endpoints`: the discovery views with each endpoint's requests in flight now.
+    pub fn endpoints_json(&self) -> Bytes {
+        let data: Vec<serde_json::Value> = self
+            .endpoint_views
+            .iter()
+            .map(|(ep, view)| {
+                let mut view = view.clone();
+                view.insert("in_flight".into(), ep.in_flight().into());
+                serde_json::Value::Object(view)
+            })
+            .collect();
+        Bytes::from(serde_json::to_vec(&List::new(data)).expect("plain data serializes"))
+    }
+
     pub fn pool(&self, model: &str) -> Option<&Arc<Pool>> {
         self.pools.get(model)
     }
@@ -109,7 +126,6 @@ pub type SharedRoutes = Arc<ArcSwap<Routes>>;
 pub fn empty_routes() -> SharedRoutes {
     Arc::new(ArcSwap::from_pointee(Routes {
         models_json: Bytes::from_static(br#"{"object":"list","data":[]}"#),
-        endpoints_json: Bytes::from_static(br#"{"object":"list","data":[]}"#),
         ..Routes::default()
     }))
 }

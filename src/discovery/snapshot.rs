@@ -58,12 +58,15 @@ pub fn build_routes(
         .collect();
     let default_upstream = states.iter().find_map(|s| s.upstream.clone());
     let models_json = to_bytes(&List::new(entries.into_values().collect()));
-    let endpoints_json = to_bytes(&List::new(states.iter().map(endpoint_view).collect()));
+    let endpoint_views = states
+        .iter()
+        .map(|s| (s.endpoint.clone(), endpoint_view(s)))
+        .collect();
     Routes {
         pools,
         default_upstream,
         models_json,
-        endpoints_json,
+        endpoint_views,
         ready,
     }
 }
@@ -73,14 +76,14 @@ fn to_bytes<T: serde::Serialize>(v: &T) -> Bytes {
 }
 
 /// One `/v1/endpoints` entry. Never the key: only whether there is one.
-fn endpoint_view(s: &EndpointState) -> serde_json::Value {
+fn endpoint_view(s: &EndpointState) -> serde_json::Map<String, serde_json::Value> {
     let (status, error) = match &s.status {
         PollStatus::Pending => ("pending", None),
         PollStatus::Ok => ("ok", None),
         PollStatus::Failed(e) => ("failed", Some(e.as_str())),
     };
     let ep = &s.endpoint;
-    json!({
+    let view = json!({
         "name": ep.name,
         "url": ep.url,
         "type": ep.kind.as_str(),
@@ -95,7 +98,11 @@ fn endpoint_view(s: &EndpointState) -> serde_json::Value {
             "last_attempt": s.last_attempt.map(unix),
             "consecutive_failures": s.consecutive_failures,
         },
-    })
+    });
+    match view {
+        serde_json::Value::Object(map) => map,
+        _ => unreachable!("json! of an object literal is an object"),
+    }
 }
 
 #[cfg(test)]
@@ -170,7 +177,7 @@ mod tests {
     fn endpoints_view_has_status_and_no_key() {
         let states = vec![state(0, 1, &["a"], PollStatus::Failed("HTTP 500".into()))];
         let r = build_routes(&states, &Routes::default(), SystemTime::now(), true);
-        let text = String::from_utf8(r.endpoints_json.to_vec()).unwrap();
+        let text = String::from_utf8(r.endpoints_json().to_vec()).unwrap();
         assert!(!text.contains("sk-hidden"));
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         let e = &v["data"][0];

@@ -25,7 +25,7 @@ pub fn answer(method: &Method, path: &str, routes: &Routes) -> Option<LocalAnswe
             ))
         }
         "/v1/models" => routes.models_json.clone(),
-        "/v1/endpoints" => routes.endpoints_json.clone(),
+        "/v1/endpoints" => routes.endpoints_json(),
         p if p.starts_with("/v1/") => return None,
         _ => {
             return Some(LocalAnswer::Error(

@@ -25,6 +25,7 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
 use crate::config::Config;
+use crate::endpoint::InFlight;
 use crate::error::{ErrorKind, Rendered};
 use crate::openai::{peek_model, PeekError};
 use crate::routes::{Pool, Routes, SharedRoutes};
@@ -56,6 +57,9 @@ pub struct RequestCtx {
     tried: Vec<usize>,
     /// The upstream of the current attempt.
     current: Option<Arc<Upstream>>,
+    /// Counts this request on the current attempt's endpoint until the context is dropped,
+    /// i.e. until the response has truly ended.
+    in_flight: Option<InFlight>,
     /// Retries on a fresh connection after a reused pooled one failed.
     stale_retries: u8,
     /// The request went upstream through a large-body subrequest, which logs its own errors.
@@ -261,6 +265,8 @@ impl ProxyHttp for Gateway {
         };
         ctx.tried.push(upstream.index);
         let peer = Box::new(upstream.peer());
+        // A retry's guard replaces (and so ends) the failed attempt's.
+        ctx.in_flight = Some(upstream.endpoint.start_request());
         ctx.current = Some(upstream.clone());
         Ok(peer)
     }
