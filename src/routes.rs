@@ -12,7 +12,7 @@ use pingora::lb::selection::RoundRobin;
 use pingora::lb::LoadBalancer;
 
 use crate::endpoint::Endpoint;
-use crate::openai::List;
+use crate::openai::{List, ModelEntry};
 use crate::upstream::Upstream;
 
 /// The upstreams that serve one model, balanced round robin.
@@ -92,6 +92,8 @@ pub struct Routes {
     pub default_upstream: Option<Arc<Upstream>>,
     /// `GET /v1/models`, rendered once per discovery round.
     pub models_json: Bytes,
+    /// The same entries, sorted by id, for `GET /v1/models/{id}`.
+    pub model_entries: Vec<ModelEntry>,
     /// `GET /v1/endpoints` entries as of the last discovery round, each with its endpoint,
     /// whose live counters are added when the listing is served.
     pub endpoint_views: Vec<(Arc<Endpoint>, serde_json::Map<String, serde_json::Value>)>,
@@ -112,6 +114,14 @@ impl Routes {
             })
             .collect();
         Bytes::from(serde_json::to_vec(&List::new(data)).expect("plain data serializes"))
+    }
+
+    /// The `/v1/models` entry of a model.
+    pub fn model(&self, id: &str) -> Option<&ModelEntry> {
+        self.model_entries
+            .binary_search_by(|e| e.id.as_str().cmp(id))
+            .ok()
+            .map(|i| &self.model_entries[i])
     }
 
     pub fn pool(&self, model: &str) -> Option<&Arc<Pool>> {

@@ -286,6 +286,37 @@ async fn connect_failure_falls_over_to_the_other_endpoint() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retrieve_model_is_answered_from_all_endpoints() {
+    let first = start_mock(MockConfig::openai("first", ["m-first"])).await;
+    let ocf = start_mock(
+        MockConfig::ocf("ocf", Vec::<String>::new())
+            .with_dnt_table(fixture_bytes("opentela_docs_head_plus_worker.json")),
+    )
+    .await;
+    let gw = Gateway::start(&config(&[
+        endpoint(&first.url(), "first", "openai", None),
+        endpoint(&ocf.url(), "ocf", "ocf", None),
+    ]))
+    .await;
+    // OpenAI SDKs put the id in the path as it is, slashes included; %2F works too.
+    for path in ["/v1/models/Qwen/Qwen3-8B", "/v1/models/Qwen%2FQwen3-8B"] {
+        let r = get(&gw.at(path)).await;
+        assert_eq!(r.status, 200, "{path}: {}", r.text());
+        let m = r.json();
+        assert_eq!(m["id"], "Qwen/Qwen3-8B");
+        assert_eq!(m["object"], "model");
+        assert!(m["created"].is_i64() && m["owned_by"].is_string(), "{m}");
+    }
+    assert_eq!(
+        get(&gw.at("/v1/models/m-first")).await.json()["id"],
+        "m-first"
+    );
+    let missing = get(&gw.at("/v1/models/nope")).await;
+    assert_openai_error(&missing, 404, "model_not_found");
+    assert!(inference_requests(&first).is_empty() && inference_requests(&ocf).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bodyless_requests_go_to_the_first_endpoint() {
     let first = start_mock(MockConfig::openai("first", ["m-first"])).await;
     let second = start_mock(MockConfig::openai("second", ["m-second"])).await;
@@ -297,7 +328,7 @@ async fn bodyless_requests_go_to_the_first_endpoint() {
 
     for i in 0..3 {
         // A GET with no body: the mock has no such route and answers 404 itself.
-        let r = get(&gw.at("/v1/models/m-second")).await;
+        let r = get(&gw.at("/v1/files/file-abc")).await;
         assert_eq!(r.header("x-mock-name"), Some("first"), "GET {i}");
         assert_eq!(r.status, 404, "passed through from the mock: {}", r.text());
         assert_eq!(r.json()["error"]["code"], "not_found");
@@ -321,7 +352,7 @@ async fn bodyless_requests_go_to_the_first_endpoint() {
         .collect();
     assert_eq!(recs.len(), 6, "{recs:?}");
     for r in &recs {
-        assert!(r.path == "/v1/models/m-second" || r.path == "/v1/files/upload");
+        assert!(r.path == "/v1/files/file-abc" || r.path == "/v1/files/upload");
         assert!(r.body.is_empty());
         assert_eq!(r.header("authorization"), Some("Bearer sk-first"));
     }

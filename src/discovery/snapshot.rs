@@ -57,7 +57,8 @@ pub fn build_routes(
         })
         .collect();
     let default_upstream = states.iter().find_map(|s| s.upstream.clone());
-    let models_json = to_bytes(&List::new(entries.into_values().collect()));
+    let model_entries: Vec<ModelEntry> = entries.into_values().collect();
+    let models_json = to_bytes(&List::new(model_entries.iter().collect()));
     let endpoint_views = states
         .iter()
         .map(|s| (s.endpoint.clone(), endpoint_view(s)))
@@ -66,6 +67,7 @@ pub fn build_routes(
         pools,
         default_upstream,
         models_json,
+        model_entries,
         endpoint_views,
         ready,
     }

@@ -10,42 +10,90 @@ use crate::routes::Routes;
 /// A local route's answer: status and JSON body, or an error.
 pub enum LocalAnswer {
     Json(u16, Bytes),
-    Error(ErrorKind, &'static str),
+    Error(ErrorKind, String),
 }
 
 /// The answer for a local path, or `None` when the path is to be proxied.
 pub fn answer(method: &Method, path: &str, routes: &Routes) -> Option<LocalAnswer> {
-    let body = match path {
-        "/health" => Bytes::from_static(br#"{"status":"ok"}"#),
-        "/ready" if routes.ready => Bytes::from_static(br#"{"status":"ready"}"#),
-        "/ready" => {
-            return Some(LocalAnswer::Json(
-                503,
-                Bytes::from_static(br#"{"status":"starting"}"#),
-            ))
-        }
-        "/v1/models" => routes.models_json.clone(),
-        "/v1/endpoints" => routes.endpoints_json(),
+    let route = match path {
+        "/health" | "/ready" | "/v1/models" | "/v1/endpoints" => path,
+        p if p.starts_with("/v1/models/") => "/v1/models/{id}",
         p if p.starts_with("/v1/") => return None,
         _ => {
             return Some(LocalAnswer::Error(
                 ErrorKind::NotFound,
-                "no such route: the gateway serves /v1/*, /health and /ready",
+                "no such route: the gateway serves /v1/*, /health and /ready".into(),
             ))
         }
     };
     if method != Method::GET && method != Method::HEAD {
         return Some(LocalAnswer::Error(
             ErrorKind::MethodNotAllowed,
-            "this route only answers GET",
+            "this route only answers GET".into(),
         ));
     }
-    Some(LocalAnswer::Json(200, body))
+    Some(match route {
+        "/health" => LocalAnswer::Json(200, Bytes::from_static(br#"{"status":"ok"}"#)),
+        "/ready" if routes.ready => {
+            LocalAnswer::Json(200, Bytes::from_static(br#"{"status":"ready"}"#))
+        }
+        "/ready" => LocalAnswer::Json(503, Bytes::from_static(br#"{"status":"starting"}"#)),
+        "/v1/models" => LocalAnswer::Json(200, routes.models_json.clone()),
+        "/v1/endpoints" => LocalAnswer::Json(200, routes.endpoints_json()),
+        _ => retrieve_model(&path["/v1/models/".len()..], routes),
+    })
+}
+
+/// `GET /v1/models/{id}`: one model of the merged list. Ids may hold slashes
+/// (`Qwen/Qwen3-8B`), sent as they are or as `%2F`.
+fn retrieve_model(raw_id: &str, routes: &Routes) -> LocalAnswer {
+    let id = percent_decode(raw_id);
+    match routes.model(&id) {
+        Some(entry) => LocalAnswer::Json(
+            200,
+            Bytes::from(serde_json::to_vec(entry).expect("plain data serializes")),
+        ),
+        None => LocalAnswer::Error(
+            ErrorKind::ModelNotFound,
+            format!(
+                "The model `{}` does not exist or is not served by any endpoint",
+                id.chars().take(200).collect::<String>()
+            ),
+        ),
+    }
+}
+
+/// `%XX` escapes decoded; anything malformed is kept as it is.
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (bytes[i], bytes.get(i + 1), bytes.get(i + 2)) {
+            (b'%', Some(&h), Some(&l)) if hex(h).is_some() && hex(l).is_some() => {
+                out.push((hex(h).unwrap_or(0) * 16 + hex(l).unwrap_or(0)) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("Qwen%2FQwen3-8B"), "Qwen/Qwen3-8B");
+        assert_eq!(percent_decode("a%zzb%2"), "a%zzb%2");
+        assert_eq!(percent_decode("plain/id"), "plain/id");
+    }
 
     #[test]
     fn local_and_proxied_paths() {
@@ -60,7 +108,9 @@ mod tests {
         assert_eq!(status(&Method::GET, "/v1/models"), 200);
         assert_eq!(status(&Method::POST, "/v1/models"), 405);
         assert_eq!(status(&Method::POST, "/v1/chat/completions"), 0);
-        assert_eq!(status(&Method::GET, "/v1/models/x"), 0);
+        assert_eq!(status(&Method::GET, "/v1/models/x"), 404);
+        assert_eq!(status(&Method::DELETE, "/v1/models/x"), 405);
+        assert_eq!(status(&Method::GET, "/v1/files/x"), 0);
         assert_eq!(status(&Method::GET, "/admin"), 404);
         assert_eq!(status(&Method::GET, "/v1"), 404);
     }
