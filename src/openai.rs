@@ -22,7 +22,19 @@ pub fn peek_model(body: &[u8]) -> Result<Option<String>, PeekError> {
         #[serde(borrow, default)]
         model: Option<Cow<'a, str>>,
     }
-    match serde_json::from_slice::<Peek>(body) {
+    // serde_json checks UTF-8 only in the strings it reads, not in those it skips: check
+    // the whole body first (JSON is UTF-8), else a body that is not JSON would be routed.
+    let text = std::str::from_utf8(body)
+        .map_err(|e| PeekError::NotJson(format!("not UTF-8 JSON: {e}")))?;
+    // A derived struct also deserializes from a JSON array (`["m"]` as model "m", `[]` as
+    // no model): only an object is a request body.
+    if !text
+        .trim_start_matches([' ', '\t', '\n', '\r'])
+        .starts_with('{')
+    {
+        return Err(PeekError::NotJson("not a JSON object".into()));
+    }
+    match serde_json::from_str::<Peek>(text) {
         Ok(p) => Ok(p.model.map(Cow::into_owned)),
         Err(e) => Err(PeekError::NotJson(e.to_string())),
     }
@@ -88,5 +100,30 @@ mod tests {
         }
         assert_eq!(peek_model(b"{}"), Ok(None));
         assert_eq!(peek_model(br#"{"model":null}"#), Ok(None));
+    }
+
+    /// Found by fuzzing (fuzz/ peek_model): a JSON array was read as a body, its first
+    /// element as the model.
+    #[test]
+    fn rejects_arrays() {
+        for bad in [&b"[]"[..], b"[\"m\"]", b" \n[null]", b"[\"m\"] "] {
+            assert!(
+                matches!(peek_model(bad), Err(PeekError::NotJson(_))),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            peek_model(b" \t\r\n{\"model\":\"m\"}"),
+            Ok(Some("m".into()))
+        );
+    }
+
+    /// Found by fuzzing (fuzz/ peek_model): invalid UTF-8 in a skipped string was accepted
+    /// and the body routed by its `model`, though it is not JSON.
+    #[test]
+    fn rejects_invalid_utf8_anywhere() {
+        let body = b"{\"model\":\"mock-embed\",\"input\":[\"hello\",\"worl\xe4\"],\"encoding_format\":\"float\",\"dimensions\":-7}";
+        assert!(serde_json::from_slice::<serde_json::Value>(body).is_err());
+        assert!(matches!(peek_model(body), Err(PeekError::NotJson(_))));
     }
 }
