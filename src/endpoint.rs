@@ -110,26 +110,31 @@ pub struct UrlParts {
 
 /// Parse an endpoint base URL: `http(s)://host[:port][/prefix]`, no credentials, query or fragment.
 pub fn parse_url(url: &str) -> Result<UrlParts, String> {
+    // Every error shows the URL without its userinfo: a config error must not leak a password.
+    let shown = redact_userinfo(url);
     let uri: http::Uri = url
         .parse()
-        .map_err(|e| format!("invalid URL {url:?}: {e}"))?;
+        .map_err(|e| format!("invalid URL {shown:?}: {e}"))?;
     let tls = match uri.scheme_str() {
         Some("http") => false,
         Some("https") => true,
         Some(other) => {
             return Err(format!(
-                "URL {url:?} has scheme {other:?}; use http or https"
+                "URL {shown:?} has scheme {other:?}; use http or https"
             ))
         }
-        None => return Err(format!("URL {url:?} needs a scheme (http:// or https://)")),
+        None => {
+            return Err(format!(
+                "URL {shown:?} needs a scheme (http:// or https://)"
+            ))
+        }
     };
     let authority = uri
         .authority()
-        .ok_or_else(|| format!("URL {url:?} has no host"))?;
+        .ok_or_else(|| format!("URL {shown:?} has no host"))?;
     if authority.as_str().contains('@') {
         return Err(format!(
-            "URL {:?} must not carry credentials; use api_key or api_key_env",
-            redact_userinfo(url)
+            "URL {shown:?} must not carry credentials; use api_key or api_key_env"
         ));
     }
     let host = authority
@@ -137,10 +142,10 @@ pub fn parse_url(url: &str) -> Result<UrlParts, String> {
         .trim_start_matches('[')
         .trim_end_matches(']');
     if host.is_empty() {
-        return Err(format!("URL {url:?} has no host"));
+        return Err(format!("URL {shown:?} has no host"));
     }
     if url.contains('?') || url.contains('#') {
-        return Err(format!("URL {url:?} must not have a query or fragment"));
+        return Err(format!("URL {shown:?} must not have a query or fragment"));
     }
     let port = authority.port_u16().unwrap_or(if tls { 443 } else { 80 });
     let base_path = uri.path().trim_end_matches('/').to_string();
@@ -152,10 +157,15 @@ pub fn parse_url(url: &str) -> Result<UrlParts, String> {
     })
 }
 
+/// `url` with the userinfo of its authority (up to the last `@` before the first `/`, `?`
+/// or `#` after `://`, or from the start without `://`) replaced by `***`.
 fn redact_userinfo(url: &str) -> String {
-    match (url.find("://"), url.find('@')) {
-        (Some(s), Some(at)) if at > s => format!("{}***{}", &url[..s + 3], &url[at..]),
-        _ => url.to_string(),
+    let start = url.find("://").map_or(0, |s| s + 3);
+    let rest = &url[start..];
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    match authority.rfind('@') {
+        Some(at) => format!("{}***{}", &url[..start], &rest[at..]),
+        None => url.to_string(),
     }
 }
 
@@ -297,6 +307,23 @@ mod tests {
         ] {
             let err = parse_url(bad).unwrap_err();
             assert!(!err.contains("secret"), "{err}");
+        }
+    }
+
+    /// Found by fuzzing (fuzz/ endpoint_url): a URL that does not parse, or has another
+    /// scheme or none, was shown in the error with its password.
+    #[test]
+    fn errors_never_show_the_userinfo() {
+        for bad in [
+            "http://\0\0\0\0\0\0\0\0\0\0\0\0u:secret@h",
+            "http://u:secret@h:port",
+            "ftp://u:secret@h",
+            "u:secret@h",
+            "http://u:secret@h@h2/x y",
+        ] {
+            let err = parse_url(bad).unwrap_err();
+            assert!(!err.contains("secret"), "{bad:?}: {err}");
+            assert!(err.contains("***@"), "{bad:?}: {err}");
         }
     }
 
