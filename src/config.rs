@@ -235,7 +235,7 @@ fn yaml_endpoints(list: Vec<EndpointConfig>, env: &dyn Env) -> Result<Vec<Arc<En
             (None, Some(var)) => {
                 let k = env.var(&var).ok_or_else(|| {
                     format!(
-                        "{}: environment variable {var} is not set",
+                        "{}: environment variable {var:?} is not set",
                         field("api_key_env")
                     )
                 })?;
@@ -311,23 +311,24 @@ fn env_endpoints(env: &dyn Env) -> Result<Vec<Arc<Endpoint>>, String> {
     Ok(out)
 }
 
-/// Load the PEM certificates of `path` as an endpoint's trusted CAs.
+/// Load the PEM certificates of `path` as an endpoint's trusted CAs. Errors show the path
+/// quoted and escaped (`{:?}`), so that they stay one line whatever the path holds.
 pub fn load_ca_file(path: &Path) -> Result<Arc<CaType>, String> {
     use pingora::utils::tls::{parse_x509, WrappedX509};
     use tokio_rustls::rustls::RootCertStore;
 
-    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {path:?}: {e}"))?;
     let mut certs = Vec::new();
     for der in rustls_pemfile::certs(&mut pem.as_slice()) {
-        let der = der.map_err(|e| format!("{}: bad PEM: {e}", path.display()))?;
+        let der = der.map_err(|e| format!("{path:?}: bad PEM: {e}"))?;
         // Pingora's certificate wrapper panics on DER it cannot parse: check it first.
         RootCertStore::empty()
             .add(der.clone())
-            .map_err(|e| format!("{}: not a usable CA certificate: {e}", path.display()))?;
+            .map_err(|e| format!("{path:?}: not a usable CA certificate: {e}"))?;
         certs.push(WrappedX509::new(der.to_vec(), parse_x509));
     }
     if certs.is_empty() {
-        return Err(format!("{}: no PEM certificate found", path.display()));
+        return Err(format!("{path:?}: no PEM certificate found"));
     }
     Ok(Arc::from(certs.into_boxed_slice()))
 }
@@ -403,6 +404,34 @@ endpoints:
             let err = yaml(text).unwrap_err();
             assert!(err.contains(want), "{text:?} gave {err:?}");
             assert!(!err.contains('\n'), "multi-line error: {err:?}");
+        }
+    }
+
+    /// Found by fuzzing (fuzz/ config_yaml): a double-quoted scalar with a blank line in it
+    /// holds a newline, and the `api_key_env` (or `ca_file`) error showed it as is, making
+    /// the one-line error two lines. `fuzzed` is the fuzzer's input, byte for byte.
+    #[test]
+    fn errors_stay_one_line_whatever_the_strings_hold() {
+        let fuzzed = [
+            &b"endpoints:\n  - url: \"http"[..],
+            &[0x9a; 91],
+            b"s://models.\xfainternal:84t4/v1\"\n    name: \"int--- \xe0\xdf.p\n/\n--el\"\n",
+            b"    api_key_env: \"AI_P*aRca#a i-pro",
+            "\u{fffd}".repeat(11).as_bytes(),
+            b"\xef\xbf.\nmax_body_bytes: 67108864\n\n",
+            b"# How often ev# How t'sits last good models.\n",
+            b"discovery_interval_secs: i <key>\"\n",
+            b"#   - url:     api_key_en-0v: OPENs _file: \"ca.pem\"\n",
+        ]
+        .concat();
+        let fuzzed = String::from_utf8_lossy(&fuzzed);
+        for text in [
+            &fuzzed[..],
+            "endpoints:\n  - url: http://a\n    api_key_env: \"A\\nB\"\n",
+            "endpoints:\n  - url: http://a\n    ca_file: \"/nonexistent/a\\nb.pem\"\n",
+        ] {
+            let err = yaml(text).unwrap_err();
+            assert!(!err.contains(['\n', '\r']), "multi-line error: {err:?}");
         }
     }
 
