@@ -32,7 +32,10 @@ fn check_err(url: &str, err: &str) {
     let escaped = &escaped[1..escaped.len() - 1];
     for leak in [ui, escaped] {
         if !redacted.contains(leak) {
-            assert!(!err.contains(leak), "error repeats the userinfo {ui:?}: {err}");
+            assert!(
+                !err.contains(leak),
+                "error repeats the userinfo {ui:?}: {err}"
+            );
         }
     }
 }
@@ -44,10 +47,12 @@ fuzz_target!(|data: &[u8]| {
         Ok(p) => {
             assert!(!p.host.is_empty());
             assert!(!url.contains(['?', '#']));
-            assert!(url.starts_with("http://") || url.starts_with("https://") || {
-                let l = url.to_ascii_lowercase();
-                l.starts_with("http://") || l.starts_with("https://")
-            });
+            assert!(
+                url.starts_with("http://") || url.starts_with("https://") || {
+                    let l = url.to_ascii_lowercase();
+                    l.starts_with("http://") || l.starts_with("https://")
+                }
+            );
             assert!(!p.base_path.ends_with('/'));
         }
         Err(e) => check_err(url, &e),
@@ -62,7 +67,12 @@ fuzz_target!(|data: &[u8]| {
         };
         let again = parse_url(&ep.url).expect("the stored URL parses again");
         assert_eq!(
-            (again.tls, again.host.as_str(), again.port, again.base_path.as_str()),
+            (
+                again.tls,
+                again.host.as_str(),
+                again.port,
+                again.base_path.as_str()
+            ),
             (ep.tls, ep.host.as_str(), ep.port, ep.base_path.as_str()),
             "stored URL {:?} parses differently",
             ep.url
@@ -78,6 +88,9 @@ fuzz_target!(|data: &[u8]| {
             .unwrap_or_else(|e| panic!("rewrite for {:?} failed: {e}", ep.url));
         assert_eq!(req.headers["host"], ep.host_header);
         let want = ep.upstream_path("/v1/chat/completions?x=1");
-        assert_eq!(req.uri.path_and_query().map(|p| p.as_str()), Some(want.as_str()));
+        assert_eq!(
+            req.uri.path_and_query().map(|p| p.as_str()),
+            Some(want.as_str())
+        );
     }
 });

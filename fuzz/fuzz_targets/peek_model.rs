@@ -6,6 +6,7 @@
 //! - a JSON object with a string (or null/absent) `model` is never an `Err`, except for a
 //!   duplicated `"model"` key (rejecting it is deliberate: no first-vs-last ambiguity with
 //!   the upstream).
+//!
 //! Where `Value` refuses a body that is grammatical JSON (numbers beyond f64, escaped lone
 //! surrogates, nesting deeper than its recursion limit), `peek_model`, which never builds
 //! the skipped values, may accept it; those cases are not checked.
@@ -29,7 +30,8 @@ fuzz_target!(|data: &[u8]| {
     let full = serde_json::from_slice::<Value>(data);
     match (&got, &full) {
         (_, Ok(Value::Object(o))) => {
-            let dup = matches!(&got, Err(PeekError::NotJson(m)) if m.contains("duplicate field `model`"));
+            let dup =
+                matches!(&got, Err(PeekError::NotJson(m)) if m.contains("duplicate field `model`"));
             match o.get("model") {
                 Some(Value::String(s)) => {
                     assert!(
