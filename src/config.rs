@@ -11,7 +11,7 @@ use pingora::protocols::tls::CaType;
 use pingora::server::configuration::ServerConf;
 use serde::Deserialize;
 
-use crate::endpoint::{ApiKey, Endpoint, EndpointKind};
+use crate::endpoint::{redact_userinfo, ApiKey, Endpoint, EndpointKind};
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8000";
 pub const DEFAULT_TIMEOUT_SECS: u64 = 60;
@@ -275,10 +275,16 @@ fn env_endpoints(env: &dyn Env) -> Result<Vec<Arc<Endpoint>>, String> {
                 .map(|(url, key)| match key {
                     serde_json::Value::String(k) if !k.is_empty() => ApiKey::new(&k)
                         .map(|k| (url.clone(), Some(k)))
-                        .map_err(|e| format!("env ENDPOINTS: the key for {url:?}: {e}")),
+                        .map_err(|e| {
+                            format!(
+                                "env ENDPOINTS: the key for {:?}: {e}",
+                                redact_userinfo(&url)
+                            )
+                        }),
                     serde_json::Value::String(_) | serde_json::Value::Null => Ok((url, None)),
                     _ => Err(format!(
-                        "env ENDPOINTS: the key for {url:?} must be a string"
+                        "env ENDPOINTS: the key for {:?} must be a string",
+                        redact_userinfo(&url)
                     )),
                 })
                 .collect::<Result<_, _>>()?

@@ -159,7 +159,7 @@ pub fn parse_url(url: &str) -> Result<UrlParts, String> {
 
 /// `url` with the userinfo of its authority (up to the last `@` before the first `/`, `?`
 /// or `#` after `://`, or from the start without `://`) replaced by `***`.
-fn redact_userinfo(url: &str) -> String {
+pub fn redact_userinfo(url: &str) -> String {
     let start = url.find("://").map_or(0, |s| s + 3);
     let rest = &url[start..];
     let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
