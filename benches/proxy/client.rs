@@ -146,6 +146,20 @@ pub fn health_request() -> Request<ReqBody> {
 }
 
 /// A new keep-alive connection (TCP_NODELAY, as proxies and SDKs use).
+/// The keep-alive connection in `slot`, or a new one when there is none or it was closed.
+pub async fn live_sender(
+    slot: &mut Option<Sender>,
+    addr: SocketAddr,
+) -> Result<&mut Sender, Failure> {
+    if slot.as_ref().is_some_and(|s| s.is_closed()) {
+        *slot = None;
+    }
+    match slot {
+        Some(s) => Ok(s),
+        None => Ok(slot.insert(connect(addr).await?)),
+    }
+}
+
 pub async fn connect(addr: SocketAddr) -> Result<Sender, Failure> {
     let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
         .await

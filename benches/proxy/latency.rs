@@ -38,18 +38,12 @@ pub async fn run(
         if done == wanted || start.elapsed() > POINT_LIMIT {
             break;
         }
-        if sender.as_ref().is_some_and(|s| s.is_closed()) {
-            sender = None;
-        }
-        let s = match sender.as_mut() {
-            Some(s) => s,
-            None => match client::connect(addr).await {
-                Ok(s) => sender.insert(s),
-                Err(f) => {
-                    out.failures.add(f);
-                    continue;
-                }
-            },
+        let s = match client::live_sender(&mut sender, addr).await {
+            Ok(s) => s,
+            Err(f) => {
+                out.failures.add(f);
+                continue;
+            }
         };
         let req = template.clone();
         let t0 = Instant::now();

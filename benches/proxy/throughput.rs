@@ -81,20 +81,14 @@ async fn worker(
     };
     let mut sender: Option<Sender> = None;
     while Instant::now() < to {
-        if sender.as_ref().is_some_and(|s| s.is_closed()) {
-            sender = None;
-        }
-        let s = match sender.as_mut() {
-            Some(s) => s,
-            None => match client::connect(addr).await {
-                Ok(s) => sender.insert(s),
-                Err(f) => {
-                    w.failures.add(f);
-                    // Do not spin on a refusing system.
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
-                }
-            },
+        let s = match client::live_sender(&mut sender, addr).await {
+            Ok(s) => s,
+            Err(f) => {
+                w.failures.add(f);
+                // Do not spin on a refusing system.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
         };
         let t0 = Instant::now();
         let res = client::exchange_timed(s, (*template).clone()).await;
