@@ -11,6 +11,8 @@ pub mod proxy;
 pub mod routes;
 pub mod upstream;
 
+use pingora::listeners::ListenerConfig;
+use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::proxy::http_proxy_service_with_name;
 use pingora::server::Server;
 use pingora::services::background::background_service;
@@ -19,6 +21,18 @@ use config::Config;
 use discovery::Discovery;
 use proxy::Gateway;
 use upstream::Timeouts;
+
+/// Client connections read straight into Pingora's own header and body buffers.
+///
+/// Pingora's default puts a 64 KiB read buffer in front of every accepted socket, and
+/// tokio's `BufReader` zero-fills it: 64 KiB of resident memory per open client
+/// connection, 640 MiB at 10,000 open streams, for nothing the HTTP/1 parser needs (it
+/// reads a request head into a 4 KiB buffer and bodies into their own). The write side keeps
+/// Pingora's one-MSS buffer, which joins a response head with the start of its body.
+const DOWNSTREAM_BUFFERS: L4BufferSettings = L4BufferSettings {
+    read: Some(0),
+    write: None,
+};
 
 /// Build the Pingora server for a config: the discovery service and the proxy service.
 pub fn build_server(config: &Config) -> Server {
@@ -38,7 +52,8 @@ pub fn build_server(config: &Config) -> Server {
     server.add_service(background_service("discovery", discovery));
     let gateway = Gateway::new(config, routes);
     let mut proxy = http_proxy_service_with_name(&server.configuration, gateway, "ai-proxy");
-    proxy.add_tcp(&config.listen.to_string());
+    proxy
+        .add_listener(ListenerConfig::tcp(config.listen.to_string()).l4_buffer(DOWNSTREAM_BUFFERS));
     server.add_service(proxy);
     server
 }
