@@ -12,12 +12,15 @@ use pingora::server::configuration::ServerConf;
 use serde::Deserialize;
 
 use crate::endpoint::{redact_userinfo, ApiKey, Endpoint, EndpointKind};
+use crate::health::HealthPolicy;
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8000";
 pub const DEFAULT_TIMEOUT_SECS: u64 = 60;
 pub const DEFAULT_MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
 pub const DEFAULT_DISCOVERY_INTERVAL_SECS: u64 = 30;
 pub const DEFAULT_CONNECT_TIMEOUT_SECS: u64 = 5;
+/// Attempts per request across endpoints: the first one and up to two failovers.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 /// The legacy tool's upstream when nothing else is configured.
 pub const DEFAULT_TARGET_URL: &str = "https://api.openai.com";
 /// The config file read when `--config` is not given and the file exists.
@@ -33,7 +36,18 @@ struct FileConfig {
     max_body_bytes: Option<usize>,
     discovery_interval_secs: Option<u64>,
     threads: Option<usize>,
+    max_attempts: Option<u32>,
+    health: Option<HealthConfig>,
     endpoints: Option<Vec<EndpointConfig>>,
+}
+
+/// `health:`: passive health thresholds (see `health.rs`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HealthConfig {
+    failure_threshold: Option<u32>,
+    ejection_secs: Option<f64>,
+    max_ejection_secs: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -67,6 +81,9 @@ pub struct Config {
     pub discovery_interval: Duration,
     /// Worker threads of the proxy service.
     pub threads: usize,
+    /// Attempts per request, each on a different endpoint, before the failure is final.
+    pub max_attempts: u32,
+    pub health: HealthPolicy,
     pub endpoints: Vec<Arc<Endpoint>>,
 }
 
@@ -174,9 +191,13 @@ impl Config {
             None => std::thread::available_parallelism().map_or(1, |n| n.get()),
         };
 
+        let max_attempts = file.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS);
+        positive("max_attempts", u64::from(max_attempts))?;
+        let health = health_policy(file.health.unwrap_or_default())?;
+
         let (endpoints, source) = match file.endpoints {
-            Some(list) if !list.is_empty() => (yaml_endpoints(list, env)?, source),
-            _ => (env_endpoints(env)?, Source::Env),
+            Some(list) if !list.is_empty() => (yaml_endpoints(list, env, health)?, source),
+            _ => (env_endpoints(env, health)?, Source::Env),
         };
         Ok(Config {
             source,
@@ -186,6 +207,8 @@ impl Config {
             max_body_bytes,
             discovery_interval: Duration::from_secs(discovery_interval_secs),
             threads,
+            max_attempts,
+            health,
             endpoints,
         })
     }
@@ -198,11 +221,35 @@ impl Config {
             // enough for a container runtime's stop timeout (Docker: 10 s).
             grace_period_seconds: Some(1),
             graceful_shutdown_timeout_seconds: Some(5),
-            // The proxy decides retries itself (fail_to_connect); this is only a backstop.
-            max_retries: 8,
+            // The proxy decides retries itself (`max_attempts`); this is only a backstop.
+            max_retries: (self.max_attempts as usize + 1).max(8),
             ..ServerConf::default()
         }
     }
+}
+
+fn health_policy(h: HealthConfig) -> Result<HealthPolicy, String> {
+    let d = HealthPolicy::default();
+    let secs = |field: &str, v: Option<f64>, default: Duration| match v {
+        None => Ok(default),
+        Some(s) if s.is_finite() && s > 0.0 && s <= 86_400.0 => Ok(Duration::from_secs_f64(s)),
+        Some(s) => Err(format!(
+            "health.{field}: {s} is not between 0 and 86400 seconds"
+        )),
+    };
+    let policy = HealthPolicy {
+        failure_threshold: h.failure_threshold.unwrap_or(d.failure_threshold),
+        ejection: secs("ejection_secs", h.ejection_secs, d.ejection)?,
+        max_ejection: secs("max_ejection_secs", h.max_ejection_secs, d.max_ejection)?,
+    };
+    positive(
+        "health.failure_threshold",
+        u64::from(policy.failure_threshold),
+    )?;
+    if policy.max_ejection < policy.ejection {
+        return Err("health.max_ejection_secs: must not be less than ejection_secs".into());
+    }
+    Ok(policy)
 }
 
 fn positive(field: &str, v: u64) -> Result<(), String> {
@@ -218,7 +265,11 @@ fn one_line(msg: &str) -> String {
     msg.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-fn yaml_endpoints(list: Vec<EndpointConfig>, env: &dyn Env) -> Result<Vec<Arc<Endpoint>>, String> {
+fn yaml_endpoints(
+    list: Vec<EndpointConfig>,
+    env: &dyn Env,
+    health: HealthPolicy,
+) -> Result<Vec<Arc<Endpoint>>, String> {
     let mut names = HashSet::new();
     let mut out = Vec::with_capacity(list.len());
     for (i, ec) in list.into_iter().enumerate() {
@@ -248,7 +299,8 @@ fn yaml_endpoints(list: Vec<EndpointConfig>, env: &dyn Env) -> Result<Vec<Arc<En
             None => None,
         };
         let ep = Endpoint::new(&ec.url, ec.kind, ec.name, key, ca)
-            .map_err(|e| format!("{}: {e}", field("url")))?;
+            .map_err(|e| format!("{}: {e}", field("url")))?
+            .with_health(health);
         if !names.insert(ep.name.clone()) {
             return Err(format!(
                 "{}: duplicate endpoint name {:?} (set distinct `name`s)",
@@ -262,7 +314,7 @@ fn yaml_endpoints(list: Vec<EndpointConfig>, env: &dyn Env) -> Result<Vec<Arc<En
 }
 
 /// The legacy `ENDPOINTS` forms (contract §2).
-fn env_endpoints(env: &dyn Env) -> Result<Vec<Arc<Endpoint>>, String> {
+fn env_endpoints(env: &dyn Env, health: HealthPolicy) -> Result<Vec<Arc<Endpoint>>, String> {
     let shared_key = match env.var("API_KEY") {
         Some(k) => Some(ApiKey::new(&k).map_err(|e| format!("env API_KEY: {e}"))?),
         None => None,
@@ -308,7 +360,8 @@ fn env_endpoints(env: &dyn Env) -> Result<Vec<Arc<Endpoint>>, String> {
     let mut out = Vec::with_capacity(pairs.len());
     for (url, key) in pairs {
         let ep = Endpoint::new(&url, EndpointKind::Openai, None, key, None)
-            .map_err(|e| format!("env ENDPOINTS: {e}"))?;
+            .map_err(|e| format!("env ENDPOINTS: {e}"))?
+            .with_health(health);
         if !names.insert(ep.name.clone()) {
             return Err(format!("env ENDPOINTS: {} is listed twice", ep.url));
         }

@@ -9,6 +9,8 @@ use pingora::http::RequestHeader;
 use pingora::protocols::tls::CaType;
 use serde::Deserialize;
 
+use crate::health::{Health, HealthPolicy};
+
 /// The protocol an endpoint speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -73,6 +75,10 @@ pub struct Endpoint {
     pub ca: Option<Arc<CaType>>,
     /// Requests sent to this endpoint whose response has not ended yet (see [`InFlight`]).
     in_flight: AtomicUsize,
+    /// Passive health, shared by every model the endpoint serves.
+    pub health: Health,
+    /// `x-ai-proxy-endpoint` on responses it served (`None` if the name is no header value).
+    pub name_header: Option<HeaderValue>,
 }
 
 impl fmt::Debug for Endpoint {
@@ -193,8 +199,10 @@ impl Endpoint {
         };
         let host_header = HeaderValue::from_str(&host_header)
             .map_err(|_| format!("URL {url:?} has a host that is not a valid header value"))?;
+        let name = name.unwrap_or_else(|| format!("{host_for_header}:{}", parts.port));
         Ok(Endpoint {
-            name: name.unwrap_or_else(|| format!("{host_for_header}:{}", parts.port)),
+            name_header: HeaderValue::from_str(&name).ok(),
+            name,
             kind,
             url: trimmed.to_string(),
             tls: parts.tls,
@@ -205,7 +213,14 @@ impl Endpoint {
             authorization: api_key.map(|k| k.0),
             ca,
             in_flight: AtomicUsize::new(0),
+            health: Health::default(),
         })
+    }
+
+    /// Judge this endpoint's health by `policy` (the default policy otherwise).
+    pub fn with_health(mut self, policy: HealthPolicy) -> Self {
+        self.health = Health::new(policy);
+        self
     }
 
     /// The upstream path for a client path (with its query): base path, then the OCF prefix

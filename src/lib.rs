@@ -5,6 +5,7 @@ pub mod config;
 pub mod discovery;
 pub mod endpoint;
 pub mod error;
+pub mod health;
 pub mod mock;
 pub mod openai;
 pub mod proxy;

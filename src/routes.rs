@@ -12,6 +12,7 @@ use pingora::lb::selection::RoundRobin;
 use pingora::lb::LoadBalancer;
 
 use crate::endpoint::Endpoint;
+use crate::health::Status;
 use crate::openai::{List, ModelEntry};
 use crate::upstream::Upstream;
 
@@ -58,16 +59,25 @@ impl Pool {
                 .all(|((i, a), m)| *i == m.index && *a == m.addr)
     }
 
-    /// The next upstream by the balancer, skipping endpoints already tried for this request.
+    /// The next upstream by the balancer, skipping endpoints already tried for this request
+    /// and endpoints out of service (ejected, or held by a `Retry-After`). May claim an
+    /// endpoint's post-cooldown trial, so call it only to send a request.
     pub fn select(&self, tried: &[usize]) -> Option<&Arc<Upstream>> {
         let n = self.members.len();
         let b = self.lb.select_with(b"", n * 2, |b, healthy| {
             healthy
                 && self
                     .member(b.addr.as_inet())
-                    .is_some_and(|m| !tried.contains(&m.index))
+                    .is_some_and(|m| !tried.contains(&m.index) && m.endpoint.health.admits())
         })?;
         self.member(b.addr.as_inet())
+    }
+
+    /// Whether `select` could find an endpoint now (without claiming any trial).
+    pub fn has_candidate(&self, tried: &[usize]) -> bool {
+        self.members
+            .iter()
+            .any(|m| !tried.contains(&m.index) && m.endpoint.health.may_admit())
     }
 
     fn member(&self, addr: Option<&SocketAddr>) -> Option<&Arc<Upstream>> {
@@ -110,6 +120,19 @@ impl Routes {
             .map(|(ep, view)| {
                 let mut view = view.clone();
                 view.insert("in_flight".into(), ep.in_flight().into());
+                let health = ep.health.status();
+                let discovered = view.get("healthy").and_then(|v| v.as_bool());
+                view.insert(
+                    "healthy".into(),
+                    (discovered.unwrap_or(false) && health == Status::Healthy).into(),
+                );
+                view.insert(
+                    "health".into(),
+                    serde_json::json!({
+                        "status": health.as_str(),
+                        "retry_in_ms": u64::try_from(ep.health.retry_in().as_millis()).unwrap_or(u64::MAX),
+                    }),
+                );
                 serde_json::Value::Object(view)
             })
             .collect();

@@ -189,6 +189,8 @@ impl EndpointState {
                         ids.join(", ")
                     );
                 }
+                // A good poll is a free active probe: an ejected endpoint gets its trial now.
+                self.endpoint.health.probe_succeeded();
                 self.upstream = Some(upstream);
                 self.models = models;
                 self.status = PollStatus::Ok;
@@ -201,6 +203,15 @@ impl EndpointState {
                         "discovery: {} failed: {why}; keeping its {} last known model(s)",
                         self.endpoint.name,
                         self.models.len()
+                    );
+                }
+                // An endpoint that cannot answer a model listing is taken out before a user
+                // request finds out.
+                if let Some(cooldown) = self.endpoint.health.eject() {
+                    log::warn!(
+                        "health: {} ejected for {:.1} s (probe failed)",
+                        self.endpoint.name,
+                        cooldown.as_secs_f64()
                     );
                 }
                 if upstream.is_some() {

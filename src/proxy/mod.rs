@@ -9,6 +9,7 @@
 
 mod body;
 mod client_gone;
+mod failover;
 mod local;
 mod respond;
 
@@ -30,6 +31,9 @@ use crate::error::{ErrorKind, Rendered};
 use crate::openai::{peek_model, PeekError};
 use crate::routes::{Pool, Routes, SharedRoutes};
 use crate::upstream::Upstream;
+
+/// Names the endpoint that served a response.
+const ENDPOINT_HEADER: &str = "x-ai-proxy-endpoint";
 
 /// Routes whose requests are meaningless without a `model`: a JSON body without one is a 400.
 const MODEL_ROUTES: &[&str] = &[
@@ -62,6 +66,8 @@ pub struct RequestCtx {
     in_flight: Option<InFlight>,
     /// Retries on a fresh connection after a reused pooled one failed.
     stale_retries: u8,
+    /// `upstream_response_filter` turned the current answer down for another endpoint.
+    fail_over: bool,
     /// The request went upstream through a large-body subrequest, which logs its own errors.
     via_subrequest: bool,
 }
@@ -74,12 +80,38 @@ impl RequestCtx {
         }
     }
 
-    /// Whether another endpoint could still take this request.
-    fn has_untried(&self) -> bool {
+    /// Whether another endpoint could still take this request, within `max_attempts`.
+    fn has_untried(&self, max_attempts: u32) -> bool {
         match &self.target {
-            Some(Target::Model { pool, .. }) => pool.select(&self.tried).is_some(),
+            Some(Target::Model { pool, .. }) => {
+                self.tried.len() < max_attempts as usize && pool.has_candidate(&self.tried)
+            }
             _ => false,
         }
+    }
+
+    /// Whether the request can go to another endpoint: attempts and endpoints are left, nothing
+    /// reached the client, and the body can be replayed (Pingora's 64 KiB retry buffer).
+    fn can_fail_over(&self, session: &Session, max_attempts: u32) -> bool {
+        !answered(session) && !session.retry_buffer_truncated() && self.has_untried(max_attempts)
+    }
+
+    /// Count a failure against the current attempt's endpoint.
+    fn blame_current(&self, why: &str) {
+        if let Some(u) = &self.current {
+            blame(&u.endpoint, why);
+        }
+    }
+}
+
+/// Count a failure against an endpoint, and say so when that ejects it.
+fn blame(ep: &crate::endpoint::Endpoint, why: &str) {
+    if let Some(cooldown) = ep.health.record_failure() {
+        log::warn!(
+            "health: {} ejected for {:.1} s after consecutive failures (last: {why})",
+            ep.name,
+            cooldown.as_secs_f64()
+        );
     }
 }
 
@@ -88,6 +120,7 @@ pub struct Gateway {
     routes: SharedRoutes,
     max_body_bytes: usize,
     body_deadline: Duration,
+    max_attempts: u32,
 }
 
 impl Gateway {
@@ -96,6 +129,7 @@ impl Gateway {
             routes,
             max_body_bytes: config.max_body_bytes,
             body_deadline: config.timeout,
+            max_attempts: config.max_attempts,
         }
     }
 
@@ -194,6 +228,22 @@ fn answered(session: &Session) -> bool {
         .is_some_and(|h| !h.status.is_informational())
 }
 
+/// The SSE event that ends a stream the upstream cut: `data: {"error": {...}}`, the shape both
+/// OpenAI SDKs raise on (Python `APIError`, Node `APIError`), with no `[DONE]` after it.
+fn stream_error_event(r: &Rendered, model: Option<&str>) -> Bytes {
+    let mut r = r.clone();
+    r.message = format!(
+        "the upstream stream was interrupted before it finished ({}){}",
+        r.message,
+        model.map_or(String::new(), |m| format!(" (model `{m}`)"))
+    );
+    let mut event = Vec::with_capacity(256);
+    event.extend_from_slice(b"data: ");
+    event.extend_from_slice(&r.body());
+    event.extend_from_slice(b"\n\n");
+    Bytes::from(event)
+}
+
 fn truncate(s: &str, max: usize) -> &str {
     match s.char_indices().nth(max) {
         Some((i, _)) => &s[..i],
@@ -279,7 +329,8 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        if ctx.has_untried() {
+        ctx.blame_current(e.etype().as_str());
+        if ctx.has_untried(self.max_attempts) {
             log::warn!(
                 "connect to {peer} failed ({}); trying another endpoint for model {}",
                 e.etype().as_str(),
@@ -290,8 +341,14 @@ impl ProxyHttp for Gateway {
         e
     }
 
-    /// A pooled connection the upstream had closed is retried once on a fresh connection, when
-    /// nothing reached the client and the body can be replayed. Anything else is final.
+    /// Decides what an error after connecting leads to, while nothing reached the client:
+    /// - an answer `upstream_response_filter` turned down: the next endpoint;
+    /// - a pooled connection the upstream had closed: once more on a fresh connection to the
+    ///   same endpoint (not the endpoint's fault);
+    /// - any other upstream failure (timeout before the first byte, reset, bad answer): blamed
+    ///   on the endpoint, then the next endpoint.
+    ///
+    /// Client-side errors (the client went away) are final.
     fn error_while_proxy(
         &self,
         _peer: &HttpPeer,
@@ -300,21 +357,93 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
         client_reused: bool,
     ) -> Box<Error> {
+        if std::mem::take(&mut ctx.fail_over) {
+            e.set_retry(true);
+            return e;
+        }
+        e.set_retry(false);
+        if *e.esource() != ErrorSource::Upstream {
+            return e;
+        }
         let stale_connection = client_reused
-            && *e.esource() == ErrorSource::Upstream
+            && !answered(session)
             && matches!(
                 e.etype(),
                 ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
             );
-        let replayable = !answered(session) && !session.retry_buffer_truncated();
-        if stale_connection && replayable && ctx.stale_retries == 0 {
+        if stale_connection && !session.retry_buffer_truncated() && ctx.stale_retries == 0 {
             ctx.stale_retries += 1;
             ctx.tried.pop();
             e.set_retry(true);
-        } else {
-            e.set_retry(false);
+            return e;
+        }
+        ctx.blame_current(e.etype().as_str());
+        if ctx.can_fail_over(session, self.max_attempts) {
+            log::warn!(
+                "upstream {} failed before answering ({}); trying another endpoint for model {}",
+                ctx.current
+                    .as_ref()
+                    .map_or("-", |u| u.endpoint.name.as_str()),
+                e.etype().as_str(),
+                ctx.model().unwrap_or("-")
+            );
+            e.set_retry(true);
         }
         e
+    }
+
+    /// Judges the upstream's answer before any of it goes to the client: a failure moves the
+    /// request to another endpoint while one is left; otherwise the answer passes as it is
+    /// (an OCF head's failed forward becomes a 502, never a 200).
+    async fn upstream_response_filter(
+        &self,
+        session: &mut Session,
+        header: &mut pingora::http::ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let Some(upstream) = ctx.current.clone() else {
+            return Ok(());
+        };
+        let ep = &upstream.endpoint;
+        if header.status.is_informational() {
+            return Ok(());
+        }
+        let answer = failover::judge(ep.kind, header);
+        match answer {
+            failover::Answer::RateLimited(Some(wait)) => ep.health.hold_for(wait),
+            a if a.blames_endpoint() => blame(ep, header.status.as_str()),
+            _ => {
+                if let Some(was) = ep.health.record_success() {
+                    log::info!(
+                        "health: {} is back in service (was {})",
+                        ep.name,
+                        was.as_str()
+                    );
+                }
+            }
+        }
+        if answer.retryable() && ctx.can_fail_over(session, self.max_attempts) {
+            log::warn!(
+                "upstream {} answered HTTP {}; trying another endpoint for model {}",
+                ep.name,
+                header.status.as_u16(),
+                ctx.model().unwrap_or("-")
+            );
+            ctx.fail_over = true;
+            return Err(ErrorKind::UpstreamFailed.err(format!(
+                "endpoint {} answered HTTP {}",
+                ep.name,
+                header.status.as_u16()
+            )));
+        }
+        if answer == failover::Answer::OcfForwardFailed {
+            return Err(ErrorKind::UpstreamFailed
+                .err("the ocf head could not forward the request to a peer"));
+        }
+        if let Some(name) = &ep.name_header {
+            header.insert_header(ENDPOINT_HEADER, name.clone())?;
+        }
+        Ok(())
     }
 
     async fn upstream_request_filter(
@@ -342,13 +471,30 @@ impl ProxyHttp for Gateway {
     {
         let rendered = Rendered::from_error(e);
         let status = rendered.as_ref().map_or(0, |r| r.kind.status());
-        let cannot_write = session.subrequest_ctx.is_some() // the client's session renders it
-            || answered(session); // a partial answer is out: just close
-        let Some(mut rendered) = rendered.filter(|_| !cannot_write) else {
-            return FailToProxy {
-                error_code: status,
-                can_reuse_downstream: false,
-            };
+        let gone = FailToProxy {
+            error_code: status,
+            can_reuse_downstream: false,
+        };
+        if session.subrequest_ctx.is_some() {
+            return gone; // the client's session renders it
+        }
+        if answered(session) {
+            // A partial answer is out. A stream cut by the upstream ends with an error event
+            // and without `[DONE]`, so SDKs raise instead of taking the cut for the end.
+            let cut_stream = *e.esource() != ErrorSource::Downstream
+                && session
+                    .response_written()
+                    .is_some_and(failover::is_event_stream);
+            if let (true, Some(r)) = (cut_stream, &rendered) {
+                let event = stream_error_event(r, ctx.model());
+                if let Err(write_err) = session.write_response_body(Some(event), true).await {
+                    log::debug!("could not send the stream error event: {write_err}");
+                }
+            }
+            return gone;
+        }
+        let Some(mut rendered) = rendered else {
+            return gone;
         };
         if let (Some(model), ErrorKind::UpstreamFailed | ErrorKind::UpstreamTimeout) =
             (ctx.model(), rendered.kind)
