@@ -235,16 +235,24 @@ async fn stalled_stream_is_cut_after_the_read_timeout() {
         )
         .await;
         assert_eq!(s.status, 200);
-        let chunks = s.collect_chunks().await;
+        let body: Vec<u8> = s
+            .collect_chunks()
+            .await
+            .into_iter()
+            .flat_map(|(b, _)| b.to_vec())
+            .collect();
         let took = started.elapsed();
+        // The first event, then the gateway's error event (what makes the SDKs raise), and
+        // no `[DONE]`: the cut stream must not look complete.
+        let payloads = sse_data(&body);
+        assert_eq!(payloads.len(), 2, "prompt {prompt_bytes}: {payloads:?}");
+        assert!(!payloads.iter().any(|p| p == "[DONE]"));
+        let first: serde_json::Value = serde_json::from_str(&payloads[0]).unwrap();
+        assert_eq!(first["object"], "chat.completion.chunk");
+        let cut: serde_json::Value = serde_json::from_str(&payloads[1]).unwrap();
         assert_eq!(
-            chunks.len(),
-            1,
-            "only the first event comes before the pause"
-        );
-        assert!(
-            s.error().is_some(),
-            "the cut stream must not look complete (prompt {prompt_bytes})"
+            cut["error"]["code"], "upstream_timeout",
+            "prompt {prompt_bytes}: {cut}"
         );
         assert!(
             took >= Duration::from_millis(900) && took < Duration::from_millis(2500),

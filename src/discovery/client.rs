@@ -10,17 +10,51 @@ use crate::upstream::Upstream;
 /// Model lists are small; an OCF table of a large cluster is a few hundred KiB.
 const MAX_DISCOVERY_BODY: usize = 16 * 1024 * 1024;
 
-/// `GET path` on the upstream; the body of a 2xx answer, or why not. Never includes the key.
-/// The caller bounds the time.
-pub async fn get(connector: &Connector, upstream: &Upstream, path: &str) -> Result<Bytes, String> {
+/// Why a discovery GET failed. Never includes the key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GetError {
+    /// The server sent an HTTP answer (an error status, a bad body): it is up, just unhappy.
+    /// `false`: it could not be reached or stopped answering.
+    pub answered: bool,
+    pub why: String,
+}
+
+impl GetError {
+    pub fn unreachable(why: String) -> Self {
+        GetError {
+            answered: false,
+            why,
+        }
+    }
+
+    pub fn answered(why: String) -> Self {
+        GetError {
+            answered: true,
+            why,
+        }
+    }
+}
+
+/// `GET path` on the upstream; the body of a 2xx answer, or why not. The caller bounds the time.
+pub async fn get(
+    connector: &Connector,
+    upstream: &Upstream,
+    path: &str,
+) -> Result<Bytes, GetError> {
     let peer = upstream.peer();
-    let (mut session, _reused) = connector
-        .get_http_session(&peer)
-        .await
-        .map_err(|e| format!("connect to {} failed: {}", upstream.addr, describe(&e)))?;
+    let (mut session, _reused) = connector.get_http_session(&peer).await.map_err(|e| {
+        GetError::unreachable(format!(
+            "connect to {} failed: {}",
+            upstream.addr,
+            describe(&e)
+        ))
+    })?;
     let ep = &upstream.endpoint;
-    let mut req = RequestHeader::build("GET", path.as_bytes(), None).map_err(|e| e.to_string())?;
-    let io = |e: Box<pingora::Error>| format!("{} {path}: {}", ep.url, describe(&e));
+    let mut req = RequestHeader::build("GET", path.as_bytes(), None)
+        .map_err(|e| GetError::unreachable(e.to_string()))?;
+    let io = |e: Box<pingora::Error>| {
+        GetError::unreachable(format!("{} {path}: {}", ep.url, describe(&e)))
+    };
     req.insert_header(http::header::HOST, ep.host_header.clone())
         .map_err(io)?;
     req.insert_header(http::header::ACCEPT, "application/json")
@@ -47,15 +81,18 @@ pub async fn get(connector: &Connector, upstream: &Upstream, path: &str) -> Resu
     let mut body = BytesMut::new();
     while let Some(chunk) = session.read_response_body().await.map_err(io)? {
         if body.len() + chunk.len() > MAX_DISCOVERY_BODY {
-            return Err(format!(
+            return Err(GetError::answered(format!(
                 "{} {path}: answer larger than {MAX_DISCOVERY_BODY} bytes",
                 ep.url
-            ));
+            )));
         }
         body.extend_from_slice(&chunk);
     }
     if !(200..300).contains(&status) {
-        return Err(format!("{} {path}: HTTP {status}", ep.url));
+        return Err(GetError::answered(format!(
+            "{} {path}: HTTP {status}",
+            ep.url
+        )));
     }
     Ok(body.freeze())
 }

@@ -19,6 +19,7 @@ use pingora::services::ServiceReadyNotifier;
 use crate::endpoint::{Endpoint, EndpointKind};
 use crate::routes::SharedRoutes;
 use crate::upstream::{Timeouts, Upstream};
+use client::GetError;
 use parse::DiscoveredModel;
 
 pub use snapshot::build_routes;
@@ -130,14 +131,16 @@ impl Discovery {
     ) -> PollResult {
         let poll_time = MAX_POLL_TIME.min(self.timeouts.read);
         let poll = async {
-            let mut addrs = resolve(&ep).await.map_err(|e| (None, e))?;
+            let mut addrs = resolve(&ep)
+                .await
+                .map_err(|e| (None, GetError::unreachable(e)))?;
             // The known address first, so routes stay put while it keeps answering.
             if let Some(k) = &known {
                 addrs.sort_by_key(|a| *a != k.addr);
             }
             // A name may resolve to addresses the server does not listen on (`localhost` to
             // ::1 and 127.0.0.1): the first that answers wins.
-            let mut last_err = (None, String::new());
+            let mut last_err = (None, GetError::unreachable("no address".into()));
             for addr in addrs {
                 let upstream = match &known {
                     Some(u) if u.addr == addr => u.clone(),
@@ -155,24 +158,28 @@ impl Discovery {
             .unwrap_or_else(|_| {
                 Err((
                     known,
-                    format!("no answer within {} s", poll_time.as_secs_f32()),
+                    GetError::unreachable(format!(
+                        "no answer within {} s",
+                        poll_time.as_secs_f32()
+                    )),
                 ))
             })
     }
 
     /// The model list of one upstream.
-    async fn fetch_models(&self, upstream: &Upstream) -> Result<Vec<DiscoveredModel>, String> {
+    async fn fetch_models(&self, upstream: &Upstream) -> Result<Vec<DiscoveredModel>, GetError> {
         let ep = &upstream.endpoint;
         let body = client::get(&self.connector, upstream, &ep.discovery_path()).await?;
         match ep.kind {
             EndpointKind::Openai => parse::openai_models(&body),
             EndpointKind::Ocf => parse::ocf_models(&body),
         }
+        .map_err(GetError::answered)
     }
 }
 
 /// A poll's outcome: the upstream and its models, or why not (with the upstream if resolved).
-type PollResult = Result<(Arc<Upstream>, Vec<DiscoveredModel>), (Option<Arc<Upstream>>, String)>;
+type PollResult = Result<(Arc<Upstream>, Vec<DiscoveredModel>), (Option<Arc<Upstream>>, GetError)>;
 
 impl EndpointState {
     /// Take in a poll's outcome: new models on success; on failure keep the last good ones.
@@ -197,7 +204,7 @@ impl EndpointState {
                 self.last_success = Some(now);
                 self.consecutive_failures = 0;
             }
-            Err((upstream, why)) => {
+            Err((upstream, GetError { answered, why })) => {
                 if self.consecutive_failures == 0 {
                     log::warn!(
                         "discovery: {} failed: {why}; keeping its {} last known model(s)",
@@ -205,11 +212,17 @@ impl EndpointState {
                         self.models.len()
                     );
                 }
-                // An endpoint that cannot answer a model listing is taken out before a user
-                // request finds out.
-                if let Some(cooldown) = self.endpoint.health.eject() {
+                // An endpoint that cannot be reached is taken out before a user request finds
+                // out. One that answers badly is only a failure like any other: a single bad
+                // poll never takes it out of service.
+                let ejected = if answered {
+                    self.endpoint.health.record_failure()
+                } else {
+                    self.endpoint.health.eject()
+                };
+                if let Some(cooldown) = ejected {
                     log::warn!(
-                        "health: {} ejected for {:.1} s (probe failed)",
+                        "health: {} ejected for {:.1} s (probe failed: {why})",
                         self.endpoint.name,
                         cooldown.as_secs_f64()
                     );
