@@ -1,12 +1,17 @@
-//! Tests of the bundled mock upstream on its own (no gateway): routes, JSON shapes, SSE pacing and recording, disconnects, OCF, large bodies, TLS.
+//! Tests of the bundled mock upstream on its own (no gateway): routes, JSON shapes, SSE pacing and recording, disconnects, OCF, large bodies, TLS, fault injection.
 
 mod common;
 
+use std::io;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use ai_proxy::mock::Fault;
 use bytes::Bytes;
 use common::*;
 use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 /// Asserts one of the mock's own OpenAI error answers (its `type` depends on the status; `param`
 /// is null).
@@ -615,4 +620,382 @@ async fn record_off_counts_and_shutdown_frees_port() {
     let r = get(&format!("http://{addr}/health")).await;
     assert_eq!(r.header("x-mock-name"), Some("up-b"));
     drop(again);
+}
+
+/// The short client timeout the fault tests assert on: a hung or stalled answer must produce
+/// nothing within it.
+const SHORT: Duration = Duration::from_millis(300);
+
+/// Sends one raw HTTP/1.1 POST of `body` on a fresh connection and reads until the server ends
+/// the connection (or 5 s pass): every byte received, and how the connection ended (`Ok` for a
+/// clean EOF, else the read error, e.g. `ConnectionReset` for a RST).
+async fn raw_post_until_closed(
+    addr: SocketAddr,
+    path: &str,
+    body: &str,
+) -> (Vec<u8>, io::Result<()>) {
+    let mut tcp = TcpStream::connect(addr).await.expect("connect to the mock");
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    tcp.write_all(req.as_bytes())
+        .await
+        .expect("send the request");
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    // Bounded by the deadline; each read returns at least one byte or ends the loop.
+    loop {
+        match tokio::time::timeout_at(deadline, tcp.read(&mut buf)).await {
+            Err(_) => {
+                let e = io::Error::new(io::ErrorKind::TimedOut, "connection still open after 5 s");
+                return (got, Err(e));
+            }
+            Ok(Ok(0)) => return (got, Ok(())),
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Ok(Err(e)) => return (got, Err(e)),
+        }
+    }
+}
+
+/// Splits a raw HTTP/1.1 response into its lowercased head and its body bytes.
+fn split_head(raw: &[u8]) -> (String, &[u8]) {
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| {
+            panic!(
+                "no complete response head in {:?}",
+                String::from_utf8_lossy(raw)
+            )
+        });
+    (
+        String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase(),
+        &raw[end + 4..],
+    )
+}
+
+/// The mock answers normally: a complete chat completion.
+async fn assert_answers_normally(mock: &MockServer) {
+    let r = post_json(
+        &format!("{}/v1/chat/completions", mock.url()),
+        chat_body("m1", false),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["object"], "chat.completion");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_hang_times_out_while_discovery_answers() {
+    let hung = start_mock(MockConfig::openai("hung", ["m1"]).with_fault(Fault::Hang)).await;
+    let fine = start_mock(MockConfig::openai("fine", ["m1"])).await;
+    assert_eq!(hung.fault(), Some(Fault::Hang));
+    let url = format!("{}/v1/chat/completions", hung.url());
+
+    let t0 = Instant::now();
+    let client = Client::new().timeout(SHORT);
+    let models_url = format!("{}/v1/models", hung.url());
+    let hung_post = async {
+        let r = client
+            .try_request(
+                "POST",
+                &url,
+                &[("content-type", "application/json")],
+                ReqBody::full(chat_body("m1", false)),
+            )
+            .await;
+        (r, Instant::now())
+    };
+    // Discovery on the same mock answers while the POST hangs.
+    let discovery = async { (get(&models_url).await, Instant::now()) };
+    let ((posted, post_done), (models, models_done)) = tokio::join!(hung_post, discovery);
+    let err = posted.expect_err("a hung mock must not answer");
+    assert!(err.contains("no response head"), "{err}");
+    assert!(post_done - t0 >= SHORT);
+    assert!(
+        models_done < post_done,
+        "discovery waited for the hung POST"
+    );
+    assert_eq!(models.status, 200);
+    assert_eq!(model_ids_of(&models), ["m1"]);
+
+    // The attempt was counted and recorded; its abandonment is noticed once the client left.
+    let posts = inference_requests(&hung);
+    assert_eq!(posts.len(), 1);
+    assert_eq!(posts[0].path, "/v1/chat/completions");
+    assert_eq!(hung.request_count(), 2);
+    let m = &hung;
+    let noticed = poll_until(Duration::from_secs(2), || async {
+        !m.abandoned().is_empty()
+    })
+    .await;
+    assert!(noticed.is_some(), "the abandoned request was not noticed");
+
+    // Only the faulty mock misbehaves.
+    assert_answers_normally(&fine).await;
+    assert!(fine.abandoned().is_empty());
+}
+
+/// Model ids of a `/v1/models` answer.
+fn model_ids_of(r: &Resp) -> Vec<String> {
+    r.json()["data"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|m| m["id"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_status_with_retry_after() {
+    let mock = start_mock(MockConfig::openai("up-a", ["m1"]).with_record(false)).await;
+    mock.set_fault(Some(Fault::Status {
+        status: 503,
+        retry_after: Some(7),
+    }));
+    let url = format!("{}/v1/chat/completions", mock.url());
+
+    // The fault wins over x-mock-status.
+    let r = post_json(&url, chat_body("m1", false), &[("x-mock-status", "429")]).await;
+    assert_mock_error(&r, 503, "mock_fault");
+    assert_eq!(r.json()["error"]["type"], "server_error");
+    assert_eq!(r.header("retry-after"), Some("7"));
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert_eq!(r.header("x-mock-name"), Some("up-a"));
+
+    // Streaming requests and other inference endpoints get the same answer.
+    let r = post_json(&url, chat_body("m1", true), &[]).await;
+    assert_mock_error(&r, 503, "mock_fault");
+    let r = post_json(
+        &format!("{}/v1/embeddings", mock.url()),
+        r#"{"model":"m1","input":"x"}"#,
+        &[],
+    )
+    .await;
+    assert_mock_error(&r, 503, "mock_fault");
+
+    mock.set_fault(Some(Fault::Status {
+        status: 429,
+        retry_after: None,
+    }));
+    let r = post_json(&url, chat_body("m1", false), &[]).await;
+    assert_mock_error(&r, 429, "mock_fault");
+    assert_eq!(r.json()["error"]["type"], "rate_limit_error");
+    assert!(r.header("retry-after").is_none());
+
+    assert_eq!(get(&format!("{}/v1/models", mock.url())).await.status, 200);
+    // Counted even with recording off.
+    assert_eq!(mock.request_count(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_reset_after_events_on_a_stream() {
+    let ca = TestCa::new();
+    for tls in [false, true] {
+        let mut cfg = MockConfig::openai("up-a", ["m1"]).with_sse(5, Duration::ZERO);
+        if tls {
+            cfg = cfg.with_tls(ca.mock_tls());
+        }
+        let mock = start_mock(cfg.with_fault(Fault::ResetAfter { events: 2 })).await;
+        let mut s = ca
+            .client()
+            .post_stream(
+                &format!("{}/v1/chat/completions", mock.url()),
+                chat_body("m1", true),
+                &[],
+            )
+            .await;
+        assert_eq!(s.status, 200, "tls={tls}");
+        assert_eq!(s.header("content-type"), Some("text/event-stream"));
+        let data = sse_data(&s.read_to_end().await);
+        assert_eq!(data.len(), 2, "tls={tls}: {data:?}");
+        assert!(!data.iter().any(|d| d == "[DONE]"), "tls={tls}: {data:?}");
+        let err = s.error().unwrap_or_else(|| panic!("tls={tls}: no error"));
+        assert!(err.contains("body error"), "tls={tls}: {err}");
+
+        let rec = last_stream(&mock);
+        assert_eq!(rec.event_times.len(), 2, "tls={tls}");
+        assert!(!rec.finished);
+        assert!(rec.closed_early_at.is_some(), "tls={tls}: {rec:?}");
+        assert_eq!(mock.request_count(), 1);
+        // Other connections are unaffected.
+        assert_eq!(
+            ca.client()
+                .get(&format!("{}/v1/models", mock.url()))
+                .await
+                .status,
+            200
+        );
+    }
+}
+
+/// On the wire: the head and exactly the allowed part of the body, then a TCP RST (the read
+/// fails with `ConnectionReset`, not a clean EOF).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_reset_after_sends_a_tcp_rst() {
+    let mock =
+        start_mock(MockConfig::openai("up-a", ["m1"]).with_fault(Fault::ResetAfter { events: 3 }))
+            .await;
+
+    let (raw, end) =
+        raw_post_until_closed(mock.addr(), "/v1/chat/completions", &chat_body("m1", true)).await;
+    let kind = end.as_ref().map_err(io::Error::kind);
+    assert_eq!(kind, Err(io::ErrorKind::ConnectionReset), "{end:?}");
+    let (head, body) = split_head(&raw);
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("transfer-encoding: chunked"), "{head}");
+    let events: Vec<String> = sse_data(body);
+    assert_eq!(events.len(), 3, "{events:?}");
+    assert!(events.iter().all(|e| e.starts_with('{')), "{events:?}");
+
+    // Non-streaming: the full Content-Length is promised, half of it is sent.
+    let (raw, end) =
+        raw_post_until_closed(mock.addr(), "/v1/chat/completions", &chat_body("m1", false)).await;
+    let kind = end.as_ref().map_err(io::Error::kind);
+    assert_eq!(kind, Err(io::ErrorKind::ConnectionReset), "{end:?}");
+    let (head, body) = split_head(&raw);
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no content-length in {head}"));
+    assert_eq!(body.len(), len / 2, "content-length {len}");
+    assert!(
+        body.starts_with(b"{"),
+        "{:?}",
+        String::from_utf8_lossy(body)
+    );
+    assert!(
+        serde_json::from_slice::<Value>(body).is_err(),
+        "half a JSON"
+    );
+
+    // The hyper client sees a failed body.
+    let r = Client::new()
+        .try_request(
+            "POST",
+            &format!("{}/v1/chat/completions", mock.url()),
+            &[("content-type", "application/json")],
+            ReqBody::full(chat_body("m1", false)),
+        )
+        .await;
+    let err = r.expect_err("a reset answer must fail");
+    assert!(err.contains("response body error"), "{err}");
+    assert_eq!(inference_requests(&mock).len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_stall_after_events() {
+    let mock = start_mock(MockConfig::openai("up-a", ["m1"])).await;
+    mock.set_fault(Some(Fault::StallAfter { events: 2 }));
+    let url = format!("{}/v1/chat/completions", mock.url());
+
+    let mut s = Client::new()
+        .timeout(SHORT)
+        .post_stream(&url, chat_body("m1", true), &[])
+        .await;
+    assert_eq!(s.status, 200);
+    let t0 = Instant::now();
+    let chunks = s.collect_chunks().await;
+    assert_eq!(chunks.len(), 2, "{chunks:?}");
+    for (c, _) in &chunks {
+        assert!(c.starts_with(b"data: {"), "{c:?}");
+    }
+    let err = s.error().unwrap_or("");
+    assert!(err.contains("no body frame within"), "{err:?}");
+    assert!(t0.elapsed() >= SHORT);
+    let rec = last_stream(&mock);
+    assert_eq!(rec.event_times.len(), 2);
+    assert!(!rec.finished);
+
+    // The connection was kept open; closing it is noticed.
+    drop(s);
+    let rec = wait_stream_closed_early(&mock, Duration::from_secs(2)).await;
+    assert!(rec.closed_early_at.is_some(), "{rec:?}");
+    assert_eq!(rec.event_times.len(), 2);
+
+    // Non-streaming: the head arrives, the body never completes.
+    let r = Client::new()
+        .timeout(SHORT)
+        .try_request(
+            "POST",
+            &url,
+            &[("content-type", "application/json")],
+            ReqBody::full(chat_body("m1", false)),
+        )
+        .await;
+    let err = r.expect_err("a stalled body must not complete");
+    assert!(err.contains("response body not complete"), "{err}");
+    assert_eq!(mock.request_count(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_ocf_error_answers_200_plain_text() {
+    let head = start_mock(MockConfig::ocf("head", ["q1"]).with_fault(Fault::OcfError)).await;
+    let url = format!("{}/v1/service/llm/v1/chat/completions", head.url());
+    for stream in [false, true] {
+        let r = post_json(&url, chat_body("q1", stream), &[]).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("content-type"), Some("text/plain; charset=utf-8"));
+        assert_eq!(r.text(), "ERROR: forward to peer failed");
+        assert_eq!(r.header("content-length"), Some("29"));
+    }
+    let r = get(&format!("{}/v1/dnt/table", head.url())).await;
+    assert_eq!(r.status, 200);
+    assert!(r.json().is_object());
+    assert_eq!(get(&format!("{}/v1/models", head.url())).await.status, 200);
+    assert_eq!(inference_requests(&head).len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_fault_none_restores_normal_answers() {
+    let a = start_mock(MockConfig::openai("up-a", ["m1"])).await;
+    let b = start_mock(MockConfig::openai("up-b", ["m1"])).await;
+    let faults = [
+        Fault::Status {
+            status: 500,
+            retry_after: None,
+        },
+        Fault::OcfError,
+        Fault::ResetAfter { events: 1 },
+    ];
+    for fault in faults {
+        a.set_fault(Some(fault.clone()));
+        assert_eq!(a.fault(), Some(fault.clone()));
+        let r = Client::new()
+            .try_request(
+                "POST",
+                &format!("{}/v1/chat/completions", a.url()),
+                &[("content-type", "application/json")],
+                ReqBody::full(chat_body("m1", false)),
+            )
+            .await;
+        let normal = r
+            .as_ref()
+            .is_ok_and(|r| r.status == 200 && r.header("content-type") == Some("application/json"));
+        assert!(!normal, "{fault:?} answered normally: {r:?}");
+        assert_answers_normally(&b).await;
+
+        a.set_fault(None);
+        assert_eq!(a.fault(), None);
+        assert_answers_normally(&a).await;
+        let mut s = post_stream(
+            &format!("{}/v1/chat/completions", a.url()),
+            chat_body("m1", true),
+            &[],
+        )
+        .await;
+        let data = sse_data(&s.read_to_end().await);
+        assert_eq!(data.last().map(String::as_str), Some("[DONE]"), "{fault:?}");
+        assert!(s.error().is_none(), "{fault:?}: {:?}", s.error());
+    }
+    assert_eq!(inference_requests(&a).len(), 9);
+    assert_eq!(b.request_count(), 3);
 }

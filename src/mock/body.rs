@@ -1,8 +1,9 @@
 //! Response bodies of the mock upstream: a full buffer, or a lazily generated SSE stream that paces,
-//! flushes and records each event and notices when the connection drops it early.
+//! flushes and records each event and notices when the connection drops it early. Either can be
+//! cut short by a fault (see [`Cut`]).
 
-use std::convert::Infallible;
 use std::future::Future;
+use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -12,12 +13,15 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::time::Sleep;
 
+use super::fault::Cut;
 use super::shapes::{Completion, Endpoint, SSE_DONE};
 use super::{lock, StreamRecord};
 
 /// The body type of every mock response.
 pub(crate) enum MockBody {
     Full(Option<Bytes>),
+    /// The first part of a full body, then a cut (fault): never ends normally.
+    Partial(PartialBody),
     Sse(Box<SseBody>),
 }
 
@@ -25,25 +29,39 @@ impl MockBody {
     pub(crate) fn full(b: impl Into<Bytes>) -> Self {
         MockBody::Full(Some(b.into()))
     }
+
+    /// This body cut by a fault: a stream after its first `events` content events, a full body
+    /// after its first half (the Content-Length header already sent still promises all of it).
+    pub(crate) fn cut(self, events: usize, cut: Cut) -> Self {
+        match self {
+            MockBody::Full(b) => MockBody::Partial(PartialBody::new(b.unwrap_or_default(), cut)),
+            MockBody::Sse(s) => MockBody::Sse(Box::new(s.with_cut(events, cut))),
+            partial @ MockBody::Partial(_) => partial,
+        }
+    }
 }
 
 impl Body for MockBody {
     type Data = Bytes;
-    type Error = Infallible;
+    /// Only a cut body fails, to make hyper drop (and reset) its connection.
+    type Error = io::Error;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        match self.get_mut() {
-            MockBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            MockBody::Sse(s) => s.poll_next(cx).map(|o| o.map(|b| Ok(Frame::data(b)))),
-        }
+    ) -> Poll<Option<io::Result<Frame<Bytes>>>> {
+        let next = match self.get_mut() {
+            MockBody::Full(b) => Poll::Ready(b.take().map(Ok)),
+            MockBody::Partial(p) => p.poll_next(cx),
+            MockBody::Sse(s) => s.poll_next(cx),
+        };
+        next.map(|o| o.map(|r| r.map(Frame::data)))
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             MockBody::Full(b) => b.is_none(),
+            MockBody::Partial(_) => false,
             MockBody::Sse(s) => s.phase == Phase::End,
         }
     }
@@ -52,7 +70,33 @@ impl Body for MockBody {
         match self {
             MockBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             MockBody::Full(None) => SizeHint::with_exact(0),
+            MockBody::Partial(p) => SizeHint::with_exact(p.total),
             MockBody::Sse(_) => SizeHint::default(),
+        }
+    }
+}
+
+/// The first half of a full body, then its cut.
+pub(crate) struct PartialBody {
+    head: Option<Bytes>,
+    /// Length of the whole body (announced in Content-Length).
+    total: u64,
+    cut: Cut,
+}
+
+impl PartialBody {
+    fn new(full: Bytes, cut: Cut) -> Self {
+        PartialBody {
+            total: full.len() as u64,
+            head: Some(full.slice(..full.len() / 2)),
+            cut,
+        }
+    }
+
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Bytes>>> {
+        match self.head.take() {
+            Some(head) if !head.is_empty() => Poll::Ready(Some(Ok(head))),
+            _ => self.cut.poll(cx),
         }
     }
 }
@@ -79,6 +123,10 @@ pub(crate) struct SseBody {
     yield_next: bool,
     record: Option<Arc<Mutex<StreamRecord>>>,
     finished: bool,
+    /// A fault: stop before content event `cut_after` (and before the usage chunk and the
+    /// final event) and end as the cut says.
+    cut_after: usize,
+    cut: Option<Cut>,
 }
 
 impl SseBody {
@@ -102,9 +150,28 @@ impl SseBody {
             yield_next: false,
             record,
             finished: false,
+            cut_after: 0,
+            cut: None,
         };
         body.phase = body.normalize(body.phase);
         body
+    }
+
+    /// Send only the first `events` content events, then `cut`.
+    fn with_cut(mut self, events: usize, cut: Cut) -> Self {
+        self.cut_after = events;
+        self.cut = Some(cut);
+        self
+    }
+
+    /// The next event is past what a cut allows.
+    fn at_cut(&self) -> bool {
+        self.cut.is_some()
+            && match self.phase {
+                Phase::Created | Phase::End => false,
+                Phase::Content(i) => i >= self.cut_after,
+                Phase::Usage | Phase::Final => true,
+            }
     }
 
     fn after_content(&self) -> Phase {
@@ -153,7 +220,7 @@ impl SseBody {
         }
     }
 
-    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Bytes>>> {
         if self.phase == Phase::End {
             return Poll::Ready(None);
         }
@@ -161,6 +228,11 @@ impl SseBody {
             self.yield_next = false;
             cx.waker().wake_by_ref();
             return Poll::Pending;
+        }
+        if self.at_cut() {
+            if let Some(cut) = self.cut.as_mut() {
+                return cut.poll(cx);
+            }
         }
         let pause = self.pause_before();
         if !pause.is_zero() {
@@ -185,7 +257,7 @@ impl SseBody {
             r.event_times.push(Instant::now());
             r.finished = self.finished;
         }
-        Poll::Ready(Some(bytes))
+        Poll::Ready(Some(Ok(bytes)))
     }
 }
 

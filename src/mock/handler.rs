@@ -1,17 +1,18 @@
-//! Request handling of the mock upstream: recording, per-request overrides, routing and answers.
+//! Request handling of the mock upstream: recording, faults, per-request overrides, routing and answers.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE};
+use http::header::{CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde_json::Value;
 
 use super::body::{MockBody, SseBody};
+use super::fault::{ConnCtl, Cut, CutTail, Fault, OCF_ERROR_BODY};
 use super::shapes::{self, Completion, Endpoint};
 use super::{lock, MockKind, RecordedRequest, Shared, StreamRecord};
 
@@ -111,7 +112,6 @@ fn discovery_failing(shared: &Shared) -> Option<Response<MockBody>> {
     })
 }
 
-/// Handle one request. Never panics; every outcome is an HTTP response.
 /// Records the request as abandoned if hyper drops the handler (the client went away) before
 /// the answer is ready.
 struct AnswerPending<'a> {
@@ -127,17 +127,27 @@ impl Drop for AnswerPending<'_> {
     }
 }
 
-pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<MockBody> {
+/// Handle one request on the connection `conn`. Never panics; every outcome is an HTTP response
+/// (or, under a fault, none, a cut one, or a reset).
+pub(crate) async fn handle(
+    shared: Arc<Shared>,
+    conn: Arc<ConnCtl>,
+    req: Request<Incoming>,
+) -> Response<MockBody> {
     let mut pending = AnswerPending {
         shared: &shared,
         answered: false,
     };
-    let resp = answer(&shared, req).await;
+    let resp = answer(&shared, conn, req).await;
     pending.answered = true;
     resp
 }
 
-async fn answer(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<MockBody> {
+async fn answer(
+    shared: &Arc<Shared>,
+    conn: Arc<ConnCtl>,
+    req: Request<Incoming>,
+) -> Response<MockBody> {
     let received_at = Instant::now();
     let n = shared.count.fetch_add(1, Ordering::Relaxed) + 1;
     let (parts, body) = req.into_parts();
@@ -173,9 +183,30 @@ async fn answer(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<MockBo
         });
     }
 
+    // Read once, when the request has arrived: a later `set_fault` does not change this answer.
+    let fault = if parts.method == Method::POST {
+        shared.fault()
+    } else {
+        None
+    };
+    if fault == Some(Fault::Hang) {
+        return hang().await;
+    }
     let ov = Overrides::new(shared, &parts.headers);
     if !ov.delay.is_zero() {
         tokio::time::sleep(ov.delay).await;
+    }
+    if let Some(fault) = fault {
+        let resp = route(
+            shared,
+            &parts.method,
+            parts.uri.path(),
+            &path_and_query,
+            &body,
+            &ov,
+            n,
+        );
+        return faulty(shared, conn, &fault, resp);
     }
     if let Some(status) = ov.status {
         let msg = format!(
@@ -194,6 +225,61 @@ async fn answer(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<MockBo
         &ov,
         n,
     )
+}
+
+/// `Fault::Hang`: never answer. Hyper drops this future when the client closes the connection
+/// (recorded as abandoned by `handle`) or when the server shuts down.
+async fn hang() -> Response<MockBody> {
+    std::future::pending::<()>().await;
+    // Unreachable: `pending` never completes. Kept so the function needs no `!` type.
+    Response::new(MockBody::full(Bytes::new()))
+}
+
+/// The answer under `fault` (not `Hang`, handled before), given the normal answer `normal`.
+fn faulty(
+    shared: &Shared,
+    conn: Arc<ConnCtl>,
+    fault: &Fault,
+    normal: Response<MockBody>,
+) -> Response<MockBody> {
+    match *fault {
+        // Answered by `hang` before the normal answer is built; never reaches here.
+        Fault::Hang => normal,
+        Fault::Status {
+            status,
+            retry_after,
+        } => fault_status(shared, status, retry_after),
+        Fault::OcfError => respond(
+            shared,
+            StatusCode::OK,
+            "text/plain; charset=utf-8",
+            Bytes::from_static(OCF_ERROR_BODY.as_bytes()),
+        ),
+        Fault::ResetAfter { events } => cut(normal, events, CutTail::Reset(conn)),
+        Fault::StallAfter { events } => cut(normal, events, CutTail::Stall),
+    }
+}
+
+/// `Fault::Status`: an OpenAI error answer with that status (500 when it is not 200..=599,
+/// which hyper could not send as a final answer), plus `Retry-After` when asked for.
+fn fault_status(shared: &Shared, status: u16, retry_after: Option<u64>) -> Response<MockBody> {
+    let code = StatusCode::from_u16(status)
+        .ok()
+        .filter(|s| (200..=599).contains(&s.as_u16()))
+        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let msg = format!("mock {}: fault status {status} (set_fault)", shared.name);
+    let mut resp = error(shared, code, &msg, "mock_fault");
+    if let Some(secs) = retry_after {
+        resp.headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from(secs));
+    }
+    resp
+}
+
+/// The normal answer with its body cut after `events` content events (or half its bytes).
+fn cut(normal: Response<MockBody>, events: usize, tail: CutTail) -> Response<MockBody> {
+    let (parts, body) = normal.into_parts();
+    Response::from_parts(parts, body.cut(events, Cut::new(tail)))
 }
 
 fn route(

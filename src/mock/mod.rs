@@ -6,10 +6,12 @@
 //!
 //! ```text
 //! MockConfig::openai(name, models) / MockConfig::ocf(name, models)   (pub fields; with_* helpers)
+//! MockConfig::with_fault(Fault)                                       a fault from the start
 //! MockServer::start(cfg).await -> io::Result<MockServer>             binds 127.0.0.1:0
 //! MockServer::start_on(cfg, addr).await -> io::Result<MockServer>
 //! server.addr() / server.url() / server.name()
 //! server.set_models(vec) / server.set_dnt_table(Option<Bytes>) / server.set_discovery_failing(bool)
+//! server.set_fault(Option<Fault>) / server.fault()                   inference misbehaviour
 //! server.requests() -> Vec<RecordedRequest> / server.request_count() / server.streams() -> Vec<StreamRecord>
 //! server.clear_records()
 //! server.shutdown().await    (dropping the server also stops it, asynchronously)
@@ -39,6 +41,15 @@
 //! `x-mock-events` (content events / completion tokens), `x-mock-interval-ms` (pause between
 //! events), `x-mock-status` (300..=599: answer that status with an OpenAI error body after the delay).
 //!
+//! Faults ([`Fault`], `set_fault` / `with_fault`): a misbehaviour applied to every later POST
+//! (GETs, discovery included, are never affected), so a failover test can make one mock hang,
+//! fail with a status, reset or stall mid-body, or answer like a failed OCF forward, while
+//! another behaves. A set fault wins over `x-mock-status`; the other overrides still apply.
+//! Requests under a fault are counted and recorded like any other. `ResetAfter` resets with a
+//! real TCP RST: the body asks its connection's socket wrapper for SO_LINGER 0 and fails, hyper
+//! drops the connection, and closing the socket sends the RST (over TLS too, without
+//! close_notify).
+//!
 //! The model in the request is echoed without validation. Completion tokens equal the number of
 //! events; prompt tokens are the number of whitespace-separated words in the prompt (at least 1).
 //!
@@ -49,10 +60,12 @@
 //! `request_count()` counts every request regardless.
 
 mod body;
+mod fault;
 mod handler;
 mod shapes;
 mod tls;
 
+pub use fault::Fault;
 pub use tls::MockTls;
 
 use std::convert::Infallible;
@@ -71,6 +84,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_rustls::TlsAcceptor;
+
+use fault::{ConnCtl, ConnIo};
 
 /// Which kind of upstream the mock imitates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -111,6 +126,8 @@ pub struct MockConfig {
     pub sse_interval: Duration,
     /// Default delay before sending response headers.
     pub response_delay: Duration,
+    /// Misbehave on inference requests from the start (see [`MockServer::set_fault`]).
+    pub fault: Option<Fault>,
 }
 
 impl MockConfig {
@@ -129,6 +146,7 @@ impl MockConfig {
             sse_events: 5,
             sse_interval: Duration::ZERO,
             response_delay: Duration::ZERO,
+            fault: None,
         }
     }
 
@@ -171,6 +189,12 @@ impl MockConfig {
 
     pub fn with_delay(mut self, delay: Duration) -> Self {
         self.response_delay = delay;
+        self
+    }
+
+    /// Start with this fault applied to every inference request.
+    pub fn with_fault(mut self, fault: Fault) -> Self {
+        self.fault = Some(fault);
         self
     }
 }
@@ -241,11 +265,20 @@ pub(crate) struct Shared {
     pub(crate) models: RwLock<Vec<String>>,
     pub(crate) dnt_table: RwLock<Option<Bytes>>,
     pub(crate) discovery_failing: AtomicBool,
+    /// Applied to inference requests (POSTs) while set.
+    pub(crate) fault: RwLock<Option<Fault>>,
     pub(crate) count: AtomicUsize,
     pub(crate) requests: Mutex<Vec<RecordedRequest>>,
     pub(crate) streams: Mutex<Vec<Arc<Mutex<StreamRecord>>>>,
     /// When requests were abandoned: the connection went away before the answer was sent.
     pub(crate) abandoned: Mutex<Vec<Instant>>,
+}
+
+impl Shared {
+    /// The fault to apply to a request arriving now.
+    pub(crate) fn fault(&self) -> Option<Fault> {
+        self.fault.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
 }
 
 /// Lock a mutex, ignoring poisoning (a panicking test thread must not cascade into the mock).
@@ -304,6 +337,7 @@ impl MockServer {
             models: RwLock::new(cfg.models),
             dnt_table: RwLock::new(cfg.dnt_table),
             discovery_failing: AtomicBool::new(false),
+            fault: RwLock::new(cfg.fault),
             count: AtomicUsize::new(0),
             requests: Mutex::new(Vec::new()),
             streams: Mutex::new(Vec::new()),
@@ -376,6 +410,17 @@ impl MockServer {
             .store(failing, Ordering::SeqCst);
     }
 
+    /// Apply `fault` to every later inference request (`None`: behave normally again). Requests
+    /// already being answered keep the behaviour they started with.
+    pub fn set_fault(&self, fault: Option<Fault>) {
+        *self.shared.fault.write().unwrap_or_else(|e| e.into_inner()) = fault;
+    }
+
+    /// The fault currently applied to inference requests.
+    pub fn fault(&self) -> Option<Fault> {
+        self.shared.fault()
+    }
+
     /// Snapshot of the recorded requests, in arrival order (empty when `record` is false).
     pub fn requests(&self) -> Vec<RecordedRequest> {
         lock(&self.shared.requests).clone()
@@ -386,14 +431,14 @@ impl MockServer {
         self.shared.count.load(Ordering::SeqCst)
     }
 
-    /// Snapshot of one record per SSE response started (empty when `record` is false).
     /// When each abandoned request was noticed: its connection closed while the mock was still
-    /// preparing the answer (e.g. during `x-mock-delay-ms`). Streams cut later are in
-    /// [`StreamRecord::closed_early_at`] instead.
+    /// preparing the answer (e.g. during `x-mock-delay-ms` or under [`Fault::Hang`]). Streams cut
+    /// later are in [`StreamRecord::closed_early_at`] instead.
     pub fn abandoned(&self) -> Vec<Instant> {
         lock(&self.shared.abandoned).clone()
     }
 
+    /// Snapshot of one record per SSE response started (empty when `record` is false).
     pub fn streams(&self) -> Vec<StreamRecord> {
         lock(&self.shared.streams)
             .iter()
@@ -456,11 +501,15 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 async fn serve_conn(stream: TcpStream, shared: Arc<Shared>, acceptor: Option<TlsAcceptor>) {
     let _ = stream.set_nodelay(true);
+    // Lets a faulty body reset this connection (see `Fault::ResetAfter`).
+    let ctl = Arc::new(ConnCtl::default());
+    let stream = ConnIo::new(stream, ctl.clone());
     let svc = {
         let shared = shared.clone();
         service_fn(move |req| {
             let shared = shared.clone();
-            async move { Ok::<_, Infallible>(handler::handle(shared, req).await) }
+            let ctl = ctl.clone();
+            async move { Ok::<_, Infallible>(handler::handle(shared, ctl, req).await) }
         })
     };
     let mut builder = http1::Builder::new();

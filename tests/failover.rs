@@ -1,0 +1,349 @@
+//! Fault injection: mock upstreams that refuse, hang, answer 5xx, 429 or an OCF `ERROR:`, or
+//! cut a stream, and what the client sees, how many attempts were made, and where.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use ai_proxy::mock::Fault;
+use common::*;
+use serde_json::Value;
+
+/// A gateway on 127.0.0.1 with these `(name, url, type)` endpoints. Discovery (the active
+/// probe) runs every `probe_secs`; upstream reads time out after `timeout_secs`.
+fn config(endpoints: &[(&str, String, &str)], probe_secs: u64, timeout_secs: u64) -> String {
+    let mut s = format!(
+        "listen: \"127.0.0.1:{{port}}\"\nthreads: 2\ntimeout_secs: {timeout_secs}\n\
+         connect_timeout_secs: 1\ndiscovery_interval_secs: {probe_secs}\nendpoints:\n"
+    );
+    for (name, url, kind) in endpoints {
+        s.push_str(&format!(
+            "  - url: {url}\n    name: {name}\n    type: {kind}\n"
+        ));
+    }
+    s
+}
+
+/// A gateway in front of these mocks (all openai), probing rarely unless a test says so.
+async fn gateway(mocks: &[&MockServer], probe_secs: u64, timeout_secs: u64) -> Gateway {
+    let eps: Vec<(&str, String, &str)> = mocks
+        .iter()
+        .map(|m| (m.name(), m.url(), m.kind().as_str()))
+        .collect();
+    let gw = Gateway::start(&config(&eps, probe_secs, timeout_secs)).await;
+    for m in mocks {
+        wait_serving(&gw, m.name()).await;
+    }
+    gw
+}
+
+/// Wait (bounded) until discovery has listed `name`'s models.
+async fn wait_serving(gw: &Gateway, name: &str) {
+    let listed = || async {
+        endpoint_named(gw, name).await["models"]
+            .as_array()
+            .is_some_and(|m| !m.is_empty())
+    };
+    assert!(
+        poll_until(Duration::from_secs(10), listed).await.is_some(),
+        "endpoint {name} was never discovered"
+    );
+}
+
+fn posts(mock: &MockServer) -> usize {
+    inference_requests(mock).len()
+}
+
+/// The endpoint that served a response, from the gateway's response header.
+fn served_by(r: &Resp) -> &str {
+    r.header("x-ai-proxy-endpoint").unwrap_or("")
+}
+
+async fn health(gw: &Gateway, name: &str) -> Value {
+    endpoint_named(gw, name).await["health"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_503_fails_over_and_ejects_the_endpoint() {
+    let bad = start_mock(
+        MockConfig::openai("bad", ["shared"]).with_fault(Fault::Status {
+            status: 503,
+            retry_after: None,
+        }),
+    )
+    .await;
+    let good = start_mock(MockConfig::openai("good", ["shared"])).await;
+    let gw = gateway(&[&bad, &good], 60, 10).await;
+
+    for i in 0..12 {
+        let r = post_chat(&gw, "shared", &[]).await;
+        assert_eq!(r.status, 200, "request {i}: {}", r.text());
+        assert_eq!(served_by(&r), "good", "request {i}");
+        assert_eq!(r.json()["object"], "chat.completion");
+    }
+    // The default threshold is 3 consecutive failures; then the cooldown keeps it out.
+    assert_eq!(
+        posts(&bad),
+        3,
+        "the failing endpoint stops getting traffic once ejected"
+    );
+    assert_eq!(
+        posts(&good),
+        12,
+        "every request was answered by the good endpoint"
+    );
+    let h = health(&gw, "bad").await;
+    assert_eq!(h["status"], "ejected", "{h}");
+    assert_eq!(endpoint_named(&gw, "bad").await["healthy"], false);
+    assert_eq!(health(&gw, "good").await["status"], "healthy");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_429_honours_retry_after() {
+    let busy = start_mock(
+        MockConfig::openai("busy", ["shared"]).with_fault(Fault::Status {
+            status: 429,
+            retry_after: Some(30),
+        }),
+    )
+    .await;
+    let free = start_mock(MockConfig::openai("free", ["shared"])).await;
+    let gw = gateway(&[&busy, &free], 60, 10).await;
+
+    for i in 0..6 {
+        let r = post_chat(&gw, "shared", &[]).await;
+        assert_eq!(r.status, 200, "request {i}: {}", r.text());
+        assert_eq!(served_by(&r), "free");
+    }
+    assert_eq!(
+        posts(&busy),
+        1,
+        "no traffic before the time Retry-After named"
+    );
+    let h = health(&gw, "busy").await;
+    assert_eq!(h["status"], "rate_limited", "{h}");
+    assert!(h["retry_in_ms"].as_u64().unwrap() > 20_000, "{h}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_endpoints_answer_passes_through_when_all_fail() {
+    let a = start_mock(
+        MockConfig::openai("a", ["shared"]).with_fault(Fault::Status {
+            status: 503,
+            retry_after: None,
+        }),
+    )
+    .await;
+    let b = start_mock(
+        MockConfig::openai("b", ["shared"]).with_fault(Fault::Status {
+            status: 503,
+            retry_after: None,
+        }),
+    )
+    .await;
+    let gw = gateway(&[&a, &b], 60, 10).await;
+
+    let r = post_chat(&gw, "shared", &[]).await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(
+        r.json()["error"].is_object(),
+        "the upstream's own error body"
+    );
+    assert_eq!(posts(&a) + posts(&b), 2, "one attempt on each endpoint");
+    assert_eq!((posts(&a), posts(&b)), (1, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_errors_pass_through_after_exactly_one_attempt() {
+    let a = start_mock(MockConfig::openai("a", ["shared"])).await;
+    let b = start_mock(MockConfig::openai("b", ["shared"])).await;
+    let gw = gateway(&[&a, &b], 60, 10).await;
+
+    for status in ["400", "401", "403", "404", "413", "422"] {
+        let before = posts(&a) + posts(&b);
+        let r = post_chat(&gw, "shared", &[("x-mock-status", status)]).await;
+        assert_eq!(r.status.to_string(), status, "{}", r.text());
+        assert!(r.json()["error"]["message"].is_string());
+        assert_eq!(
+            posts(&a) + posts(&b) - before,
+            1,
+            "HTTP {status}: one attempt"
+        );
+    }
+    assert_eq!(health(&gw, "a").await["status"], "healthy");
+    assert_eq!(health(&gw, "b").await["status"], "healthy");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_upstream_times_out_and_the_request_fails_over() {
+    let hung = start_mock(MockConfig::openai("hung", ["shared"])).await;
+    let good = start_mock(MockConfig::openai("good", ["shared"])).await;
+    let gw = gateway(&[&hung, &good], 60, 1).await;
+    hung.set_fault(Some(Fault::Hang));
+
+    for i in 0..4 {
+        let started = Instant::now();
+        let r = post_chat(&gw, "shared", &[]).await;
+        assert_eq!(r.status, 200, "request {i}: {}", r.text());
+        assert_eq!(served_by(&r), "good");
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+    assert!(
+        (1..=3).contains(&posts(&hung)),
+        "the hung endpoint got {} attempts",
+        posts(&hung)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_hung_upstream_is_a_504() {
+    let hung = start_mock(MockConfig::openai("hung", ["solo"]).with_fault(Fault::Hang)).await;
+    let gw = gateway(&[&hung], 60, 1).await;
+    let started = Instant::now();
+    let r = post_chat(&gw, "solo", &[]).await;
+    assert_openai_error(&r, 504, "upstream_timeout");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+        "{took:?}"
+    );
+    assert_eq!(posts(&hung), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ocf_error_body_is_never_a_success() {
+    let head = start_mock(MockConfig::ocf("head", ["shared"]).with_fault(Fault::OcfError)).await;
+    let gw = gateway(&[&head], 60, 10).await;
+    let r = post_chat(&gw, "shared", &[]).await;
+    assert_openai_error(&r, 502, "upstream_error");
+    assert!(!r.text().contains("ERROR: forward"), "{}", r.text());
+    assert_eq!(posts(&head), 1);
+
+    let good = start_mock(MockConfig::openai("good", ["shared"])).await;
+    let gw = gateway(&[&head, &good], 60, 10).await;
+    for _ in 0..3 {
+        let r = post_chat(&gw, "shared", &[]).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(served_by(&r), "good");
+    }
+}
+
+/// What the OpenAI SDKs parse from a stream: the `data:` payloads of its events.
+async fn stream_payloads(gw: &Gateway) -> Vec<String> {
+    let mut s = post_stream(
+        &gw.at("/v1/chat/completions"),
+        chat_body("shared", true),
+        &[],
+    )
+    .await;
+    assert_eq!(s.status, 200);
+    let body = tokio::time::timeout(Duration::from_secs(10), s.read_to_end())
+        .await
+        .expect("the cut stream ends");
+    sse_data(&body)
+}
+
+/// The last payload is an OpenAI error object (what makes the Python and Node SDKs raise
+/// `APIError`), and `[DONE]` never came.
+fn assert_cut_with_error(payloads: &[String], events_before: usize) {
+    assert!(!payloads.iter().any(|p| p == "[DONE]"), "{payloads:?}");
+    let last: Value = serde_json::from_str(payloads.last().expect("some events")).unwrap();
+    assert!(last["error"]["message"].is_string(), "{last}");
+    assert_eq!(last["error"]["type"], "api_error");
+    let chunks = &payloads[..payloads.len() - 1];
+    assert_eq!(chunks.len(), events_before, "{payloads:?}");
+    for c in chunks {
+        let v: Value = serde_json::from_str(c).unwrap();
+        assert_eq!(v["object"], "chat.completion.chunk");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_reset_midway_ends_with_an_error_event() {
+    let mock = start_mock(
+        MockConfig::openai("cut", ["shared"]).with_fault(Fault::ResetAfter { events: 3 }),
+    )
+    .await;
+    let gw = gateway(&[&mock], 60, 10).await;
+    let payloads = stream_payloads(&gw).await;
+    assert_cut_with_error(&payloads, 3);
+    assert_eq!(
+        posts(&mock),
+        1,
+        "never retried once bytes reached the client"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_stream_hits_the_idle_timeout_and_ends_with_an_error_event() {
+    let mock = start_mock(
+        MockConfig::openai("stall", ["shared"]).with_fault(Fault::StallAfter { events: 2 }),
+    )
+    .await;
+    let gw = gateway(&[&mock], 60, 1).await;
+    let started = Instant::now();
+    let payloads = stream_payloads(&gw).await;
+    assert_cut_with_error(&payloads, 2);
+    let last: Value = serde_json::from_str(payloads.last().unwrap()).unwrap();
+    assert_eq!(last["error"]["code"], "upstream_timeout", "{last}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_endpoint_loses_no_request_and_is_back_within_a_probe_interval() {
+    let stays = start_mock(MockConfig::openai("stays", ["shared"])).await;
+    let dies = start_mock(MockConfig::openai("dies", ["shared"])).await;
+    let dies_addr = dies.addr();
+    let gw = gateway(&[&stays, &dies], 1, 10).await;
+
+    // 200 requests at concurrency 10; the endpoint dies after the first 50 answers.
+    let url = gw.at("/v1/chat/completions");
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<u16>(200);
+    let mut workers = Vec::new();
+    for _ in 0..10 {
+        let (url, tx) = (url.clone(), tx.clone());
+        workers.push(tokio::spawn(async move {
+            for _ in 0..20 {
+                let r = post_json(&url, chat_body("shared", false), &[]).await;
+                if tx.send(r.status).await.is_err() {
+                    return;
+                }
+            }
+        }));
+    }
+    drop(tx);
+    let mut statuses = Vec::new();
+    let mut dies = Some(dies);
+    while let Some(s) = rx.recv().await {
+        statuses.push(s);
+        if statuses.len() == 50 {
+            dies.take().unwrap().shutdown().await;
+        }
+    }
+    for w in workers {
+        w.await.unwrap();
+    }
+    assert_eq!(statuses.len(), 200);
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert_eq!(health(&gw, "dies").await["status"], "ejected");
+
+    // It comes back on the same address: within one probe interval (1 s, plus a request to
+    // serve as its trial) it serves again.
+    let back = MockServer::start_on(MockConfig::openai("dies", ["shared"]), dies_addr)
+        .await
+        .expect("restart the mock on its old address");
+    let returned = Instant::now();
+    let serves_again = || async {
+        let r = post_chat(&gw, "shared", &[]).await;
+        assert_eq!(r.status, 200);
+        served_by(&r) == "dies"
+    };
+    let took = poll_until(Duration::from_secs(5), serves_again).await;
+    assert!(took.is_some(), "the returned endpoint never served again");
+    assert!(
+        returned.elapsed() < Duration::from_millis(2500),
+        "back after {:?}",
+        returned.elapsed()
+    );
+    assert!(posts(&back) >= 1);
+}
