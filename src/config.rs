@@ -19,6 +19,9 @@ pub const DEFAULT_TIMEOUT_SECS: u64 = 60;
 pub const DEFAULT_MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
 pub const DEFAULT_DISCOVERY_INTERVAL_SECS: u64 = 30;
 pub const DEFAULT_CONNECT_TIMEOUT_SECS: u64 = 5;
+/// SIGTERM: how long requests in flight (streams) may take to finish. Kubernetes' default
+/// termination grace period is 30 s; an idle gateway exits at once whatever this is.
+pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 25;
 /// Attempts per request across endpoints: the first one and up to two failovers.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 /// The legacy tool's upstream when nothing else is configured.
@@ -37,6 +40,7 @@ struct FileConfig {
     discovery_interval_secs: Option<u64>,
     threads: Option<usize>,
     max_attempts: Option<u32>,
+    shutdown_grace_secs: Option<u64>,
     health: Option<HealthConfig>,
     endpoints: Option<Vec<EndpointConfig>>,
 }
@@ -83,6 +87,8 @@ pub struct Config {
     pub threads: usize,
     /// Attempts per request, each on a different endpoint, before the failure is final.
     pub max_attempts: u32,
+    /// SIGTERM: the longest wait for requests in flight before they are stopped.
+    pub shutdown_grace: Duration,
     pub health: HealthPolicy,
     pub endpoints: Vec<Arc<Endpoint>>,
 }
@@ -194,6 +200,9 @@ impl Config {
         let max_attempts = file.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS);
         positive("max_attempts", u64::from(max_attempts))?;
         let health = health_policy(file.health.unwrap_or_default())?;
+        let shutdown_grace_secs = file
+            .shutdown_grace_secs
+            .unwrap_or(DEFAULT_SHUTDOWN_GRACE_SECS);
 
         let (endpoints, source) = match file.endpoints {
             Some(list) if !list.is_empty() => (yaml_endpoints(list, env, health)?, source),
@@ -208,6 +217,7 @@ impl Config {
             discovery_interval: Duration::from_secs(discovery_interval_secs),
             threads,
             max_attempts,
+            shutdown_grace: Duration::from_secs(shutdown_grace_secs),
             health,
             endpoints,
         })
@@ -217,10 +227,10 @@ impl Config {
     pub fn server_conf(&self) -> ServerConf {
         ServerConf {
             threads: self.threads,
-            // SIGTERM: keep serving briefly so load balancers notice, then drain; both short
-            // enough for a container runtime's stop timeout (Docker: 10 s).
-            grace_period_seconds: Some(1),
-            graceful_shutdown_timeout_seconds: Some(5),
+            // SIGTERM: requests in flight get this long; `shutdown::Signals` exits as soon as
+            // the last one ends, so the whole period is only spent when something is running.
+            grace_period_seconds: Some(self.shutdown_grace.as_secs()),
+            graceful_shutdown_timeout_seconds: Some(1),
             // The proxy decides retries itself (`max_attempts`); this is only a backstop.
             max_retries: (self.max_attempts as usize + 1).max(8),
             ..ServerConf::default()

@@ -10,17 +10,19 @@ pub mod mock;
 pub mod openai;
 pub mod proxy;
 pub mod routes;
+pub mod shutdown;
 pub mod upstream;
 
 use pingora::listeners::ListenerConfig;
 use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::proxy::http_proxy_service_with_name;
-use pingora::server::Server;
+use pingora::server::{RunArgs, Server};
 use pingora::services::background::background_service;
 
 use config::Config;
 use discovery::Discovery;
 use proxy::Gateway;
+use shutdown::{ActiveRequests, Signals};
 use upstream::Timeouts;
 
 /// Client connections read straight into Pingora's own header and body buffers.
@@ -35,8 +37,9 @@ const DOWNSTREAM_BUFFERS: L4BufferSettings = L4BufferSettings {
     write: None,
 };
 
-/// Build the Pingora server for a config: the discovery service and the proxy service.
-pub fn build_server(config: &Config) -> Server {
+/// Build the Pingora server for a config (the discovery service and the proxy service) and
+/// the signal handling to run it with.
+pub fn build_server(config: &Config) -> (Server, Signals) {
     let mut server = Server::new_with_opt_and_conf(None, config.server_conf());
     server.bootstrap();
     let routes = routes::empty_routes();
@@ -51,10 +54,23 @@ pub fn build_server(config: &Config) -> Server {
         config.discovery_interval,
     );
     server.add_service(background_service("discovery", discovery));
-    let gateway = Gateway::new(config, routes);
+    let active = ActiveRequests::default();
+    let gateway = Gateway::new(config, routes, active.clone());
     let mut proxy = http_proxy_service_with_name(&server.configuration, gateway, "ai-proxy");
     proxy
         .add_listener(ListenerConfig::tcp(config.listen.to_string()).l4_buffer(DOWNSTREAM_BUFFERS));
     server.add_service(proxy);
-    server
+    let signals = Signals {
+        active,
+        grace: config.shutdown_grace,
+    };
+    (server, signals)
+}
+
+/// Serve until a signal stops the gateway.
+pub fn run(config: &Config) {
+    let (server, signals) = build_server(config);
+    server.run(RunArgs {
+        shutdown_signal: Box::new(signals),
+    });
 }

@@ -73,7 +73,8 @@ fn main() -> ExitCode {
         env!("CARGO_PKG_VERSION"),
         summary(&config)
     );
-    ai_proxy::build_server(&config).run_forever()
+    ai_proxy::run(&config);
+    ExitCode::SUCCESS
 }
 
 /// Every proxied request holds two sockets (client and upstream), so the usual soft limit of

@@ -30,6 +30,7 @@ use crate::endpoint::InFlight;
 use crate::error::{ErrorKind, Rendered};
 use crate::openai::{peek_model, PeekError};
 use crate::routes::{Pool, Routes, SharedRoutes};
+use crate::shutdown::{ActiveRequest, ActiveRequests};
 use crate::upstream::Upstream;
 
 /// Names the endpoint that served a response.
@@ -70,6 +71,8 @@ pub struct RequestCtx {
     fail_over: bool,
     /// The request went upstream through a large-body subrequest, which logs its own errors.
     via_subrequest: bool,
+    /// Counts the request for the graceful shutdown until the context is dropped.
+    _active: Option<ActiveRequest>,
 }
 
 impl RequestCtx {
@@ -121,15 +124,17 @@ pub struct Gateway {
     max_body_bytes: usize,
     body_deadline: Duration,
     max_attempts: u32,
+    active: ActiveRequests,
 }
 
 impl Gateway {
-    pub fn new(config: &Config, routes: SharedRoutes) -> Self {
+    pub fn new(config: &Config, routes: SharedRoutes, active: ActiveRequests) -> Self {
         Gateway {
             routes,
             max_body_bytes: config.max_body_bytes,
             body_deadline: config.timeout,
             max_attempts: config.max_attempts,
+            active,
         }
     }
 
@@ -256,7 +261,10 @@ impl ProxyHttp for Gateway {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
-        RequestCtx::default()
+        RequestCtx {
+            _active: Some(self.active.start()),
+            ..RequestCtx::default()
+        }
     }
 
     /// Only the client's own session may spawn the large-body subrequest.
