@@ -563,6 +563,42 @@ endpoints:
         assert_eq!(c.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
         assert!(c.threads >= 1);
         assert_eq!(c.server_conf().threads, c.threads);
-        assert_eq!(c.server_conf().grace_period_seconds, Some(1));
+        assert_eq!(
+            c.server_conf().grace_period_seconds,
+            Some(DEFAULT_SHUTDOWN_GRACE_SECS)
+        );
+        assert_eq!(c.max_attempts, DEFAULT_MAX_ATTEMPTS);
+        assert_eq!(c.health, HealthPolicy::default());
+    }
+
+    #[test]
+    fn resilience_settings() {
+        let c = yaml(
+            "max_attempts: 5\nshutdown_grace_secs: 3\nhealth:\n  failure_threshold: 2\n  ejection_secs: 0.5\n  max_ejection_secs: 60\n",
+        )
+        .unwrap();
+        assert_eq!(c.max_attempts, 5);
+        assert_eq!(c.shutdown_grace, Duration::from_secs(3));
+        assert_eq!(c.health.failure_threshold, 2);
+        assert_eq!(c.health.ejection, Duration::from_millis(500));
+        assert_eq!(c.health.max_ejection, Duration::from_secs(60));
+        assert!(c.server_conf().max_retries > 5);
+
+        for (text, field) in [
+            ("max_attempts: 0", "max_attempts"),
+            (
+                "health:\n  failure_threshold: 0",
+                "health.failure_threshold",
+            ),
+            ("health:\n  ejection_secs: -1", "health.ejection_secs"),
+            (
+                "health:\n  ejection_secs: 10\n  max_ejection_secs: 5",
+                "health.max_ejection_secs",
+            ),
+            ("health:\n  probes: true", "probes"),
+        ] {
+            let e = yaml(text).unwrap_err();
+            assert!(e.contains(field), "{text:?}: {e}");
+        }
     }
 }
