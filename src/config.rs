@@ -1,7 +1,7 @@
 //! YAML and legacy-env configuration, validated into one `Config`; the one seam to Pingora's
 //! `ServerConf`.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -42,6 +42,7 @@ struct FileConfig {
     max_attempts: Option<u32>,
     shutdown_grace_secs: Option<u64>,
     health: Option<HealthConfig>,
+    fallbacks: Option<HashMap<String, Vec<String>>>,
     endpoints: Option<Vec<EndpointConfig>>,
 }
 
@@ -90,6 +91,8 @@ pub struct Config {
     /// SIGTERM: the longest wait for requests in flight before they are stopped.
     pub shutdown_grace: Duration,
     pub health: HealthPolicy,
+    /// Models to try, in order, when every endpoint of a model failed before answering.
+    pub fallbacks: HashMap<String, Vec<String>>,
     pub endpoints: Vec<Arc<Endpoint>>,
 }
 
@@ -219,6 +222,7 @@ impl Config {
             max_attempts,
             shutdown_grace: Duration::from_secs(shutdown_grace_secs),
             health,
+            fallbacks: fallbacks(file.fallbacks.unwrap_or_default())?,
             endpoints,
         })
     }
@@ -236,6 +240,35 @@ impl Config {
             ..ServerConf::default()
         }
     }
+}
+
+/// Each model's fallback list: no empty names, not the model itself, each model once.
+fn fallbacks(map: HashMap<String, Vec<String>>) -> Result<HashMap<String, Vec<String>>, String> {
+    let mut out = HashMap::with_capacity(map.len());
+    for (model, list) in map {
+        let field = format!("fallbacks.{model:?}");
+        if model.is_empty() {
+            return Err("fallbacks: a model name is empty".into());
+        }
+        if list.is_empty() {
+            return Err(format!("{field}: the list is empty"));
+        }
+        let mut seen = HashSet::new();
+        let mut chain = Vec::with_capacity(list.len());
+        for fb in list {
+            if fb.is_empty() {
+                return Err(format!("{field}: a fallback model name is empty"));
+            }
+            if fb == model {
+                return Err(format!("{field}: a model cannot fall back to itself"));
+            }
+            if seen.insert(fb.clone()) {
+                chain.push(fb);
+            }
+        }
+        out.insert(model, chain);
+    }
+    Ok(out)
 }
 
 fn health_policy(h: HealthConfig) -> Result<HealthPolicy, String> {
@@ -584,6 +617,9 @@ endpoints:
         assert_eq!(c.health.max_ejection, Duration::from_secs(60));
         assert!(c.server_conf().max_retries > 5);
 
+        let c = yaml("fallbacks:\n  big: [small, tiny, small]\n").unwrap();
+        assert_eq!(c.fallbacks["big"], ["small", "tiny"]);
+
         for (text, field) in [
             ("max_attempts: 0", "max_attempts"),
             (
@@ -596,6 +632,9 @@ endpoints:
                 "health.max_ejection_secs",
             ),
             ("health:\n  probes: true", "probes"),
+            ("fallbacks:\n  big: []", "fallbacks.\"big\""),
+            ("fallbacks:\n  big: [big]", "itself"),
+            ("fallbacks:\n  big: small", "fallbacks"),
         ] {
             let e = yaml(text).unwrap_err();
             assert!(e.contains(field), "{text:?}: {e}");

@@ -40,6 +40,28 @@ pub fn peek_model(body: &[u8]) -> Result<Option<String>, PeekError> {
     }
 }
 
+/// The body with its top-level `model` replaced by `model` and every other byte unchanged
+/// (for a fallback model). `None` when the body has no top-level `model` to replace.
+pub fn with_model(body: &[u8], model: &str) -> Option<bytes::Bytes> {
+    /// The raw text of `model`'s value, borrowed from the body: its position is the span
+    /// to replace.
+    #[derive(Deserialize)]
+    struct Span<'a> {
+        #[serde(borrow)]
+        model: &'a serde_json::value::RawValue,
+    }
+    let text = std::str::from_utf8(body).ok()?;
+    let span = serde_json::from_str::<Span>(text).ok()?.model.get();
+    let start = (span.as_ptr() as usize).checked_sub(text.as_ptr() as usize)?;
+    let end = start + span.len();
+    let value = serde_json::to_string(model).ok()?;
+    let mut out = Vec::with_capacity(body.len() - span.len() + value.len());
+    out.extend_from_slice(body.get(..start)?);
+    out.extend_from_slice(value.as_bytes());
+    out.extend_from_slice(body.get(end..)?);
+    Some(out.into())
+}
+
 /// One model as `/v1/models` lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ModelEntry {
@@ -68,6 +90,19 @@ impl<T> List<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn with_model_replaces_only_the_top_level_model() {
+        let body = br#"{"messages":[{"role":"user","content":"model: \"a\""}],  "model" : "big\u0021" ,"stream":true}"#;
+        let out = with_model(body, "small \"b\"").unwrap();
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            r#"{"messages":[{"role":"user","content":"model: \"a\""}],  "model" : "small \"b\"" ,"stream":true}"#
+        );
+        assert_eq!(peek_model(&out), Ok(Some("small \"b\"".into())));
+        assert_eq!(with_model(br#"{"messages":[]}"#, "m"), None);
+        assert_eq!(with_model(b"not json", "m"), None);
+    }
 
     #[test]
     fn finds_model_anywhere_at_top_level() {

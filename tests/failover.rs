@@ -347,3 +347,129 @@ async fn a_killed_endpoint_loses_no_request_and_is_back_within_a_probe_interval(
     );
     assert!(posts(&back) >= 1);
 }
+
+/// A gateway with `fallbacks: {big: [gone, small]}` in front of these mocks.
+async fn fallback_gateway(mocks: &[&MockServer]) -> Gateway {
+    let eps: Vec<(&str, String, &str)> = mocks
+        .iter()
+        .map(|m| (m.name(), m.url(), m.kind().as_str()))
+        .collect();
+    let yaml = config(&eps, 60, 10) + "fallbacks:\n  big: [gone, small]\n";
+    let gw = Gateway::start(&yaml).await;
+    for m in mocks {
+        wait_serving(&gw, m.name()).await;
+    }
+    gw
+}
+
+/// The request a mock received, as JSON, without its `model`.
+fn without_model(mut v: Value) -> Value {
+    v.as_object_mut().unwrap().remove("model");
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_whose_endpoints_all_fail_is_served_by_its_fallback() {
+    let big = start_mock(
+        MockConfig::openai("big-host", ["big"]).with_fault(Fault::Status {
+            status: 503,
+            retry_after: None,
+        }),
+    )
+    .await;
+    let small = start_mock(MockConfig::openai("small-host", ["small"])).await;
+    let gw = fallback_gateway(&[&big, &small]).await;
+
+    let body = chat_body("big", false);
+    let r = post_json(&gw.at("/v1/chat/completions"), body.clone(), &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.json()["model"],
+        "small",
+        "the answer names the model that answered"
+    );
+    assert_eq!(r.header("x-ai-proxy-model"), Some("small"));
+    assert_eq!(served_by(&r), "small-host");
+    assert_eq!(
+        posts(&big),
+        1,
+        "the requested model's endpoint was tried first"
+    );
+    let sent = inference_requests(&small).pop().unwrap();
+    assert_eq!(
+        sent.json()["model"],
+        "small",
+        "the body's model is rewritten"
+    );
+    let original: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        without_model(sent.json()),
+        without_model(original),
+        "nothing else changes"
+    );
+    assert_eq!(
+        sent.header("content-length")
+            .map(|l| l.parse::<usize>().unwrap()),
+        Some(sent.body.len())
+    );
+
+    // Streams too.
+    let mut s = post_stream(&gw.at("/v1/chat/completions"), chat_body("big", true), &[]).await;
+    assert_eq!(s.status, 200);
+    assert_eq!(s.header("x-ai-proxy-model"), Some("small"));
+    let payloads = sse_data(&s.read_to_end().await);
+    assert_eq!(payloads.last().map(String::as_str), Some("[DONE]"));
+    let first: Value = serde_json::from_str(&payloads[0]).unwrap();
+    assert_eq!(first["model"], "small");
+
+    // Once the requested model's endpoint is ejected, requests go straight to the fallback,
+    // large bodies (past Pingora's 64 KiB retry buffer) included.
+    for _ in 0..3 {
+        assert_eq!(post_chat(&gw, "big", &[]).await.status, 200);
+    }
+    assert_eq!(health(&gw, "big-host").await["status"], "ejected");
+    let attempts_on_big = posts(&big);
+    let large = serde_json::json!({
+        "model": "big",
+        "messages": [{"role": "user", "content": "x".repeat(100 * 1024)}],
+    })
+    .to_string();
+    let r = post_json(&gw.at("/v1/chat/completions"), large.clone(), &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["model"], "small");
+    assert_eq!(
+        posts(&big),
+        attempts_on_big,
+        "an ejected endpoint is not tried"
+    );
+    let sent = inference_requests(&small).pop().unwrap();
+    assert_eq!(sent.json()["model"], "small");
+    assert_eq!(sent.body.len(), large.len() - "big".len() + "small".len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_usable_fallback_the_requested_models_failure_stands() {
+    let big = start_mock(
+        MockConfig::openai("big-host", ["big"]).with_fault(Fault::Status {
+            status: 503,
+            retry_after: None,
+        }),
+    )
+    .await;
+    let small = start_mock(
+        MockConfig::openai("small-host", ["small"]).with_fault(Fault::Status {
+            status: 503,
+            retry_after: None,
+        }),
+    )
+    .await;
+    let gw = fallback_gateway(&[&big, &small]).await;
+    let r = post_chat(&gw, "big", &[]).await;
+    assert_eq!(
+        r.status,
+        503,
+        "the last answer passes through: {}",
+        r.text()
+    );
+    assert_eq!((posts(&big), posts(&small)), (1, 1));
+}

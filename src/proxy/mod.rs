@@ -10,14 +10,17 @@
 mod body;
 mod client_gone;
 mod failover;
+mod fallback;
 mod local;
 mod respond;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use http::HeaderValue;
 use pingora::http::RequestHeader;
 use pingora::proxy::subrequest::pipe::{pipe_subrequest, InputBody, InputBodyType};
 use pingora::proxy::subrequest::{BodyMode, Ctx as SubrequestCtx};
@@ -35,6 +38,8 @@ use crate::upstream::Upstream;
 
 /// Names the endpoint that served a response.
 const ENDPOINT_HEADER: &str = "x-ai-proxy-endpoint";
+/// Names the model the gateway routed the response to (a fallback's, after a fallback).
+const MODEL_HEADER: &str = "x-ai-proxy-model";
 
 /// Routes whose requests are meaningless without a `model`: a JSON body without one is a 400.
 const MODEL_ROUTES: &[&str] = &[
@@ -52,6 +57,13 @@ enum Target {
     Model { model: String, pool: Arc<Pool> },
     /// A request without a model: the first configured endpoint.
     Default(Arc<Upstream>),
+}
+
+/// What the client's session hands a large-body subrequest: where to go, and the length of
+/// the body it sends.
+struct SubrequestRoute {
+    target: Target,
+    body_len: usize,
 }
 
 /// Per-request state.
@@ -73,6 +85,8 @@ pub struct RequestCtx {
     via_subrequest: bool,
     /// Counts the request for the graceful shutdown until the context is dropped.
     _active: Option<ActiveRequest>,
+    /// The fallback models left, when the requested model has any.
+    fallbacks: Option<fallback::FallbackChain>,
 }
 
 impl RequestCtx {
@@ -83,14 +97,30 @@ impl RequestCtx {
         }
     }
 
-    /// Whether another endpoint could still take this request, within `max_attempts`.
+    /// Whether another endpoint could still take this request: one of the model within
+    /// `max_attempts`, or one of a fallback model.
     fn has_untried(&self, max_attempts: u32) -> bool {
         match &self.target {
             Some(Target::Model { pool, .. }) => {
-                self.tried.len() < max_attempts as usize && pool.has_candidate(&self.tried)
+                (self.tried.len() < max_attempts as usize && pool.has_candidate(&self.tried))
+                    || self.fallbacks.as_ref().is_some_and(|f| f.available())
             }
             _ => false,
         }
+    }
+
+    /// Move the request to its next fallback model with an endpoint in service.
+    fn switch_to_fallback(&mut self) -> bool {
+        let Some((model, pool)) = self.fallbacks.as_mut().and_then(|f| f.advance()) else {
+            return false;
+        };
+        log::warn!(
+            "model {} has no endpoint left for this request; falling back to {model}",
+            self.model().unwrap_or("-")
+        );
+        self.target = Some(Target::Model { model, pool });
+        self.tried.clear();
+        true
     }
 
     /// Whether the request can go to another endpoint: attempts and endpoints are left, nothing
@@ -121,6 +151,7 @@ fn blame(ep: &crate::endpoint::Endpoint, why: &str) {
 /// The gateway's proxy logic.
 pub struct Gateway {
     routes: SharedRoutes,
+    fallbacks: HashMap<String, Vec<String>>,
     max_body_bytes: usize,
     body_deadline: Duration,
     max_attempts: u32,
@@ -131,6 +162,7 @@ impl Gateway {
     pub fn new(config: &Config, routes: SharedRoutes, active: ActiveRequests) -> Self {
         Gateway {
             routes,
+            fallbacks: config.fallbacks.clone(),
             max_body_bytes: config.max_body_bytes,
             body_deadline: config.timeout,
             max_attempts: config.max_attempts,
@@ -188,8 +220,12 @@ impl Gateway {
         let Some(spawner) = session.subrequest_spawner.as_ref() else {
             return Err(ErrorKind::Internal.err("subrequest spawner missing"));
         };
+        let route = SubrequestRoute {
+            target,
+            body_len: body.len(),
+        };
         let sub_ctx = SubrequestCtx::builder()
-            .user_ctx(Box::new(target))
+            .user_ctx(Box::new(route))
             .body_mode(BodyMode::ExpectBody)
             .build();
         let (prepared, handle) = spawner.create_subrequest(session.as_downstream(), sub_ctx);
@@ -275,12 +311,18 @@ impl ProxyHttp for Gateway {
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         if let Some(sub) = session.subrequest_ctx.as_ref() {
             // The client's session already read the body and chose the route.
-            let target = sub
+            let route = sub
                 .user_ctx()
-                .and_then(|u| u.downcast_ref::<Target>())
-                .cloned();
-            ctx.target =
-                Some(target.ok_or_else(|| ErrorKind::Internal.err("subrequest without a target"))?);
+                .and_then(|u| u.downcast_ref::<SubrequestRoute>())
+                .ok_or_else(|| ErrorKind::Internal.err("subrequest without a route"))?;
+            ctx.target = Some(route.target.clone());
+            let body_len = route.body_len;
+            // Its request head is a copy of the client's as received: when the body was
+            // rewritten for a fallback model, its length is not the client's.
+            let req = session.req_header_mut();
+            if req.headers.contains_key(http::header::CONTENT_LENGTH) {
+                req.insert_header(http::header::CONTENT_LENGTH, body_len)?;
+            }
             return Ok(false);
         }
         let routes = self.routes.load_full();
@@ -294,14 +336,25 @@ impl ProxyHttp for Gateway {
                 local::LocalAnswer::Error(kind, msg) => Err(kind.err(msg)),
             };
         }
-        let body = body::read(session, self.max_body_bytes, self.body_deadline).await?;
+        let mut body = body::read(session, self.max_body_bytes, self.body_deadline).await?;
         let target = self.target(session, &routes, &body)?;
+        if let Target::Model { model, pool } = &target {
+            if let Some(models) = self.fallbacks.get(model) {
+                ctx.fallbacks = fallback::FallbackChain::new(body.clone(), models, &routes);
+            }
+            let in_service = pool.has_candidate(&[]);
+            ctx.target = Some(target);
+            if !in_service && ctx.switch_to_fallback() {
+                body = ctx.fallbacks.as_ref().map_or(body, |f| f.body().clone());
+            }
+        } else {
+            ctx.target = Some(target);
+        }
         if session.retry_buffer_truncated() {
-            ctx.target = Some(target.clone());
+            let target = ctx.target.clone().expect("set above");
             ctx.via_subrequest = true;
             return self.forward_large_body(session, target, body).await;
         }
-        ctx.target = Some(target);
         Ok(false)
     }
 
@@ -310,16 +363,25 @@ impl ProxyHttp for Gateway {
         _session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        let target = ctx
-            .target
-            .as_ref()
-            .ok_or_else(|| ErrorKind::Internal.err("no route decided"))?;
-        let upstream = match target {
-            Target::Model { model, pool } => pool.select(&ctx.tried).ok_or_else(|| {
-                ErrorKind::NoHealthyEndpoint
-                    .err(format!("no usable endpoint left for model `{model}`"))
-            })?,
-            Target::Default(u) => u,
+        // Bounded: each turn returns, or moves to the next fallback model (a finite list).
+        let upstream = loop {
+            match ctx.target.as_ref() {
+                Some(Target::Model { model, pool }) => {
+                    // `select` may claim an endpoint's trial: only call it to send.
+                    if ctx.tried.len() < self.max_attempts as usize {
+                        if let Some(u) = pool.select(&ctx.tried) {
+                            break u.clone();
+                        }
+                    }
+                    let model = model.clone();
+                    if !ctx.switch_to_fallback() {
+                        return Err(ErrorKind::NoHealthyEndpoint
+                            .err(format!("no usable endpoint left for model `{model}`")));
+                    }
+                }
+                Some(Target::Default(u)) => break u.clone(),
+                None => return Err(ErrorKind::Internal.err("no route decided")),
+            }
         };
         ctx.tried.push(upstream.index);
         let peer = Box::new(upstream.peer());
@@ -451,6 +513,9 @@ impl ProxyHttp for Gateway {
         if let Some(name) = &ep.name_header {
             header.insert_header(ENDPOINT_HEADER, name.clone())?;
         }
+        if let Some(model) = ctx.model().and_then(|m| HeaderValue::from_str(m).ok()) {
+            header.insert_header(MODEL_HEADER, model)?;
+        }
         Ok(())
     }
 
@@ -464,7 +529,40 @@ impl ProxyHttp for Gateway {
             .current
             .as_ref()
             .ok_or_else(|| ErrorKind::Internal.err("no upstream chosen"))?;
-        upstream.endpoint.rewrite_request(req)
+        upstream.endpoint.rewrite_request(req)?;
+        // A fallback model's body is longer or shorter than the client's.
+        let rewritten_len = ctx
+            .fallbacks
+            .as_ref()
+            .and_then(|f| f.body_override.as_ref())
+            .map(Bytes::len);
+        if let Some(len) = rewritten_len {
+            if req.headers.contains_key(http::header::CONTENT_LENGTH) {
+                req.insert_header(http::header::CONTENT_LENGTH, len)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The whole body reaches here as one chunk (Pingora's retry buffer, replayed on every
+    /// attempt): a fallback model's attempt swaps in the body rewritten for it.
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(rewritten) = ctx
+            .fallbacks
+            .as_ref()
+            .and_then(|f| f.body_override.as_ref())
+        {
+            if body.as_ref().is_some_and(|b| !b.is_empty()) {
+                *body = Some(rewritten.clone());
+            }
+        }
+        Ok(())
     }
 
     /// The one place gateway errors become responses.
