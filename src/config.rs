@@ -22,6 +22,10 @@ pub const DEFAULT_CONNECT_TIMEOUT_SECS: u64 = 5;
 /// SIGTERM: how long requests in flight (streams) may take to finish. Kubernetes' default
 /// termination grace period is 30 s; an idle gateway exits at once whatever this is.
 pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 25;
+/// A client has this long to send a request head (keep-alive idle time included).
+pub const DEFAULT_HEADER_TIMEOUT_SECS: u64 = 30;
+/// Request line and headers together; OpenAI's own SDK requests are under 2 KiB.
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
 /// Attempts per request across endpoints: the first one and up to two failovers.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 /// The legacy tool's upstream when nothing else is configured.
@@ -41,6 +45,9 @@ struct FileConfig {
     threads: Option<usize>,
     max_attempts: Option<u32>,
     shutdown_grace_secs: Option<u64>,
+    header_timeout_secs: Option<u64>,
+    max_header_bytes: Option<usize>,
+    max_connections: Option<usize>,
     health: Option<HealthConfig>,
     fallbacks: Option<HashMap<String, Vec<String>>>,
     endpoints: Option<Vec<EndpointConfig>>,
@@ -90,6 +97,12 @@ pub struct Config {
     pub max_attempts: u32,
     /// SIGTERM: the longest wait for requests in flight before they are stopped.
     pub shutdown_grace: Duration,
+    /// A client's time to send a request head, keep-alive idle time included.
+    pub header_timeout: Duration,
+    /// Request line and headers together; larger heads get 431.
+    pub max_header_bytes: usize,
+    /// Client connections served at once (`None`: no cap but the open-files limit).
+    pub max_connections: Option<usize>,
     pub health: HealthPolicy,
     /// Models to try, in order, when every endpoint of a model failed before answering.
     pub fallbacks: HashMap<String, Vec<String>>,
@@ -203,6 +216,15 @@ impl Config {
         let max_attempts = file.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS);
         positive("max_attempts", u64::from(max_attempts))?;
         let health = health_policy(file.health.unwrap_or_default())?;
+        let header_timeout_secs = file
+            .header_timeout_secs
+            .unwrap_or(DEFAULT_HEADER_TIMEOUT_SECS);
+        positive("header_timeout_secs", header_timeout_secs)?;
+        let max_header_bytes = file.max_header_bytes.unwrap_or(DEFAULT_MAX_HEADER_BYTES);
+        positive("max_header_bytes", max_header_bytes as u64)?;
+        if let Some(n) = file.max_connections {
+            positive("max_connections", n as u64)?;
+        }
         let shutdown_grace_secs = file
             .shutdown_grace_secs
             .unwrap_or(DEFAULT_SHUTDOWN_GRACE_SECS);
@@ -221,6 +243,9 @@ impl Config {
             threads,
             max_attempts,
             shutdown_grace: Duration::from_secs(shutdown_grace_secs),
+            header_timeout: Duration::from_secs(header_timeout_secs),
+            max_header_bytes,
+            max_connections: file.max_connections,
             health,
             fallbacks: fallbacks(file.fallbacks.unwrap_or_default())?,
             endpoints,

@@ -20,6 +20,8 @@ pub enum ErrorKind {
     RequestTimeout,
     /// 413: the body is over `max_body_bytes`.
     BodyTooLarge,
+    /// 431: the request head is over `max_header_bytes`.
+    HeaderTooLarge,
     /// 502: every candidate endpoint failed before any byte reached the client.
     UpstreamFailed,
     /// 503: the model is known but no endpoint is usable.
@@ -38,6 +40,7 @@ impl ErrorKind {
             ErrorKind::MethodNotAllowed => 405,
             ErrorKind::RequestTimeout => 408,
             ErrorKind::BodyTooLarge => 413,
+            ErrorKind::HeaderTooLarge => 431,
             ErrorKind::Internal => 500,
             ErrorKind::UpstreamFailed => 502,
             ErrorKind::NoHealthyEndpoint => 503,
@@ -54,6 +57,7 @@ impl ErrorKind {
             ErrorKind::MethodNotAllowed => "method_not_allowed",
             ErrorKind::RequestTimeout => "request_timeout",
             ErrorKind::BodyTooLarge => "request_too_large",
+            ErrorKind::HeaderTooLarge => "request_header_too_large",
             ErrorKind::Internal => "internal_error",
             ErrorKind::UpstreamFailed => "upstream_error",
             ErrorKind::NoHealthyEndpoint => "no_healthy_endpoint",
@@ -88,13 +92,14 @@ impl ErrorKind {
     }
 }
 
-const ALL: [ErrorKind; 10] = [
+const ALL: [ErrorKind; 11] = [
     ErrorKind::InvalidRequest,
     ErrorKind::ModelNotFound,
     ErrorKind::NotFound,
     ErrorKind::MethodNotAllowed,
     ErrorKind::RequestTimeout,
     ErrorKind::BodyTooLarge,
+    ErrorKind::HeaderTooLarge,
     ErrorKind::UpstreamFailed,
     ErrorKind::NoHealthyEndpoint,
     ErrorKind::UpstreamTimeout,

@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod discovery;
+pub mod downstream;
 pub mod endpoint;
 pub mod error;
 pub mod health;
@@ -15,9 +16,10 @@ pub mod upstream;
 
 use pingora::listeners::ListenerConfig;
 use pingora::protocols::l4::stream::L4BufferSettings;
-use pingora::proxy::http_proxy_service_with_name;
+use pingora::proxy::http_proxy;
 use pingora::server::{RunArgs, Server};
 use pingora::services::background::background_service;
+use pingora::services::listening::Service;
 
 use config::Config;
 use discovery::Discovery;
@@ -56,7 +58,12 @@ pub fn build_server(config: &Config) -> (Server, Signals) {
     server.add_service(background_service("discovery", discovery));
     let active = ActiveRequests::default();
     let gateway = Gateway::new(config, routes, active.clone());
-    let mut proxy = http_proxy_service_with_name(&server.configuration, gateway, "ai-proxy");
+    let limits = downstream::Limits {
+        header_timeout: config.header_timeout,
+        max_connections: config.max_connections,
+    };
+    let app = downstream::Guarded::new(http_proxy(&server.configuration, gateway), limits);
+    let mut proxy = Service::new("ai-proxy".to_string(), app);
     proxy
         .add_listener(ListenerConfig::tcp(config.listen.to_string()).l4_buffer(DOWNSTREAM_BUFFERS));
     server.add_service(proxy);

@@ -155,6 +155,7 @@ pub struct Gateway {
     max_body_bytes: usize,
     body_deadline: Duration,
     max_attempts: u32,
+    max_header_bytes: usize,
     active: ActiveRequests,
 }
 
@@ -166,6 +167,7 @@ impl Gateway {
             max_body_bytes: config.max_body_bytes,
             body_deadline: config.timeout,
             max_attempts: config.max_attempts,
+            max_header_bytes: config.max_header_bytes,
             active,
         }
     }
@@ -253,6 +255,16 @@ impl Gateway {
     }
 }
 
+/// The size of a request head as sent: request line and header lines.
+fn head_size(req: &RequestHeader) -> usize {
+    let line = req.method.as_str().len() + req.raw_path().len() + 12;
+    req.headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum::<usize>()
+        + line
+}
+
 fn is_multipart(session: &Session) -> bool {
     session
         .req_header()
@@ -297,6 +309,8 @@ impl ProxyHttp for Gateway {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
+        // Runs once the request head is in: its deadline is met.
+        crate::downstream::head_read();
         RequestCtx {
             _active: Some(self.active.start()),
             ..RequestCtx::default()
@@ -327,6 +341,13 @@ impl ProxyHttp for Gateway {
         }
         let routes = self.routes.load_full();
         let req = session.req_header();
+        let head_bytes = head_size(req);
+        if head_bytes > self.max_header_bytes {
+            return Err(ErrorKind::HeaderTooLarge.err(format!(
+                "the request head is {head_bytes} bytes, over the limit of {}",
+                self.max_header_bytes
+            )));
+        }
         if let Some(answer) = local::answer(&req.method, req.uri.path(), &routes) {
             return match answer {
                 local::LocalAnswer::Json(status, body) => {
@@ -627,6 +648,9 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        if session.subrequest_ctx.is_none() {
+            crate::downstream::request_done();
+        }
         if session.subrequest_ctx.is_some() || !log::log_enabled!(log::Level::Debug) {
             return;
         }
