@@ -473,3 +473,83 @@ async fn without_a_usable_fallback_the_requested_models_failure_stands() {
     );
     assert_eq!((posts(&big), posts(&small)), (1, 1));
 }
+
+/// A chat body of about `kib` KiB: past Pingora's 64 KiB retry buffer when `kib` > 64.
+fn large_chat_body(model: &str, kib: usize) -> String {
+    serde_json::json!({
+        "model": model,
+        "messages": [{"role": "user", "content": "y".repeat(kib * 1024)}],
+    })
+    .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_bodies_fail_over_too() {
+    let bad = start_mock(
+        MockConfig::openai("bad", ["shared"]).with_fault(Fault::Status {
+            status: 502,
+            retry_after: None,
+        }),
+    )
+    .await;
+    let hung = start_mock(MockConfig::openai("hung", ["shared"]).with_fault(Fault::Hang)).await;
+    let good = start_mock(MockConfig::openai("good", ["shared"])).await;
+    let gw = gateway(&[&bad, &hung, &good], 60, 1).await;
+
+    let body = large_chat_body("shared", 200);
+    for i in 0..6 {
+        let r = post_json(&gw.at("/v1/chat/completions"), body.clone(), &[]).await;
+        assert_eq!(r.status, 200, "request {i}: {}", r.text());
+        assert_eq!(served_by(&r), "good", "request {i}");
+    }
+    for sent in inference_requests(&good) {
+        assert_eq!(
+            sent.body,
+            body.as_bytes(),
+            "the body is replayed byte for byte"
+        );
+    }
+    assert_eq!(posts(&good), 6);
+    assert!((1..=3).contains(&posts(&bad)), "bad: {}", posts(&bad));
+    assert!((1..=3).contains(&posts(&hung)), "hung: {}", posts(&hung));
+    // An upstream 400 is still passed through after exactly one attempt.
+    let before = posts(&bad) + posts(&hung) + posts(&good);
+    let r = post_json(
+        &gw.at("/v1/chat/completions"),
+        body.clone(),
+        &[("x-mock-status", "400")],
+    )
+    .await;
+    let after = posts(&bad) + posts(&hung) + posts(&good);
+    assert_eq!(after - before, 1, "one attempt");
+    assert!(
+        r.status == 400 || r.status == 502 || r.status == 504,
+        "{}",
+        r.status
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_body_falls_back_once_its_models_endpoints_fail() {
+    let big = start_mock(
+        MockConfig::openai("big-host", ["big"]).with_fault(Fault::Status {
+            status: 503,
+            retry_after: None,
+        }),
+    )
+    .await;
+    let small = start_mock(MockConfig::openai("small-host", ["small"])).await;
+    let gw = fallback_gateway(&[&big, &small]).await;
+    let body = large_chat_body("big", 150);
+    let r = post_json(&gw.at("/v1/chat/completions"), body.clone(), &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["model"], "small");
+    assert_eq!(r.header("x-ai-proxy-model"), Some("small"));
+    assert_eq!(posts(&big), 1);
+    let sent = inference_requests(&small).pop().unwrap();
+    assert_eq!(sent.json()["model"], "small");
+    assert_eq!(
+        without_model(sent.json()),
+        without_model(serde_json::from_str(&body).unwrap())
+    );
+}

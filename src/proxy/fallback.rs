@@ -34,6 +34,11 @@ impl FallbackChain {
         })
     }
 
+    /// Fallback models left.
+    pub fn remaining(&self) -> usize {
+        self.next.len()
+    }
+
     /// Whether a fallback model has an endpoint in service now.
     pub fn available(&self) -> bool {
         self.next.iter().any(|(_, p)| p.has_candidate(&[]))

@@ -11,6 +11,7 @@ mod body;
 mod client_gone;
 mod failover;
 mod fallback;
+mod large_body;
 mod local;
 mod respond;
 
@@ -59,13 +60,6 @@ enum Target {
     Default(Arc<Upstream>),
 }
 
-/// What the client's session hands a large-body subrequest: where to go, and the length of
-/// the body it sends.
-struct SubrequestRoute {
-    target: Target,
-    body_len: usize,
-}
-
 /// Per-request state.
 #[derive(Default)]
 pub struct RequestCtx {
@@ -79,7 +73,7 @@ pub struct RequestCtx {
     in_flight: Option<InFlight>,
     /// Retries on a fresh connection after a reused pooled one failed.
     stale_retries: u8,
-    /// `upstream_response_filter` turned the current answer down for another endpoint.
+    /// `upstream_response_filter` turned the current answer down: retry in this session.
     fail_over: bool,
     /// The request went upstream through a large-body subrequest, which logs its own errors.
     via_subrequest: bool,
@@ -87,6 +81,11 @@ pub struct RequestCtx {
     _active: Option<ActiveRequest>,
     /// The fallback models left, when the requested model has any.
     fallbacks: Option<fallback::FallbackChain>,
+    /// In a large-body subrequest: the client session's record of attempts, which decides
+    /// failover in place of this session.
+    parent: Option<Arc<large_body::Attempts>>,
+    /// In a large-body subrequest: a fallback model could take the request after this one.
+    parent_can_fall_back: bool,
 }
 
 impl RequestCtx {
@@ -104,6 +103,7 @@ impl RequestCtx {
             Some(Target::Model { pool, .. }) => {
                 (self.tried.len() < max_attempts as usize && pool.has_candidate(&self.tried))
                     || self.fallbacks.as_ref().is_some_and(|f| f.available())
+                    || self.parent_can_fall_back
             }
             _ => false,
         }
@@ -124,9 +124,24 @@ impl RequestCtx {
     }
 
     /// Whether the request can go to another endpoint: attempts and endpoints are left, nothing
-    /// reached the client, and the body can be replayed (Pingora's 64 KiB retry buffer).
+    /// reached the client, and the body can be replayed (from Pingora's 64 KiB retry buffer,
+    /// or by the client's session for a large-body subrequest).
     fn can_fail_over(&self, session: &Session, max_attempts: u32) -> bool {
-        !answered(session) && !session.retry_buffer_truncated() && self.has_untried(max_attempts)
+        !answered(session)
+            && (self.parent.is_some() || !session.retry_buffer_truncated())
+            && self.has_untried(max_attempts)
+    }
+
+    /// Ask for another attempt. Returns whether this session retries itself; a large-body
+    /// subrequest instead ends, and the client's session runs a new one.
+    fn ask_another_attempt(&self) -> bool {
+        match &self.parent {
+            Some(parent) => {
+                parent.ask_retry();
+                false
+            }
+            None => true,
+        }
     }
 
     /// Count a failure against the current attempt's endpoint.
@@ -212,46 +227,79 @@ impl Gateway {
         }
     }
 
-    /// Re-run the request as a subrequest carrying the body already read (over 64 KiB).
+    /// Re-run the request as a subrequest carrying the body already read (over 64 KiB), and
+    /// again on another endpoint (or fallback model) while a failed subrequest asks for it.
     async fn forward_large_body(
         &self,
         session: &mut Session,
-        target: Target,
-        body: Bytes,
+        ctx: &mut RequestCtx,
+        original: Bytes,
     ) -> Result<bool> {
-        let Some(spawner) = session.subrequest_spawner.as_ref() else {
-            return Err(ErrorKind::Internal.err("subrequest spawner missing"));
-        };
-        let route = SubrequestRoute {
-            target,
-            body_len: body.len(),
-        };
-        let sub_ctx = SubrequestCtx::builder()
-            .user_ctx(Box::new(route))
-            .body_mode(BodyMode::ExpectBody)
-            .build();
-        let (prepared, handle) = spawner.create_subrequest(session.as_downstream(), sub_ctx);
         // The pipe does not read the client while it waits: watch the socket for a close.
         let watch = session
             .as_downstream()
             .stream()
             .and_then(|s| client_gone::ClientWatch::new(s.id()).ok());
-        let input = InputBodyType::Preset(InputBody::Bytes(vec![body]));
-        let pipe = pipe_subrequest(session, prepared, handle, |t| Ok(Some(t)), input);
-        let piped = match &watch {
-            Some(w) => tokio::select! {
-                piped = pipe => piped,
-                () = w.closed() => {
-                    return Err(Error::explain(ErrorType::ConnectionClosed, "the client went away").into_down());
+        let attempts = Arc::new(large_body::Attempts::default());
+        let fallbacks = ctx.fallbacks.as_ref().map_or(0, |f| f.remaining());
+        // Bounded: every model gets at most `max_attempts`, and a stale connection one more.
+        for _ in 0..(self.max_attempts as usize + 1) * (fallbacks + 1) {
+            let body = large_body::current_body(&original, ctx.fallbacks.as_ref());
+            let route = large_body::SubrequestRoute {
+                target: ctx
+                    .target
+                    .clone()
+                    .ok_or_else(|| ErrorKind::Internal.err("no route"))?,
+                body_len: body.len(),
+                attempts: attempts.clone(),
+                can_fall_back: ctx.fallbacks.as_ref().is_some_and(|f| f.available()),
+            };
+            let Some(spawner) = session.subrequest_spawner.as_ref() else {
+                return Err(ErrorKind::Internal.err("subrequest spawner missing"));
+            };
+            let sub_ctx = SubrequestCtx::builder()
+                .user_ctx(Box::new(route))
+                .body_mode(BodyMode::ExpectBody)
+                .build();
+            let (prepared, handle) = spawner.create_subrequest(session.as_downstream(), sub_ctx);
+            let input = InputBodyType::Preset(InputBody::Bytes(vec![body]));
+            let pipe = pipe_subrequest(session, prepared, handle, |t| Ok(Some(t)), input);
+            let piped = match &watch {
+                Some(w) => tokio::select! {
+                    piped = pipe => piped,
+                    () = w.closed() => {
+                        return Err(Error::explain(ErrorType::ConnectionClosed, "the client went away").into_down());
+                    }
+                },
+                None => pipe.await,
+            };
+            let error = match piped {
+                Ok(state) if state.header_received => return Ok(true),
+                Ok(_) => ErrorKind::UpstreamFailed.err("the upstream sent no response"),
+                Err(e) => {
+                    large_body::settle(e.state).await;
+                    e.error
                 }
-            },
-            None => pipe.await,
-        };
-        match piped {
-            Ok(state) if state.header_received => Ok(true),
-            Ok(_) => Err(ErrorKind::UpstreamFailed.err("the upstream sent no response")),
-            Err(e) => Err(e.error),
+            };
+            if !attempts.take_retry() || answered(session) {
+                return Err(error);
+            }
+            // Another endpoint of this model, or else the next fallback model.
+            ctx.tried = attempts.tried();
+            let model_left = match &ctx.target {
+                Some(Target::Model { pool, .. }) => {
+                    ctx.tried.len() < self.max_attempts as usize && pool.has_candidate(&ctx.tried)
+                }
+                _ => false,
+            };
+            if !model_left {
+                if !ctx.switch_to_fallback() {
+                    return Err(error);
+                }
+                attempts.clear();
+            }
         }
+        Err(ErrorKind::UpstreamFailed.err("no attempt left for this request"))
     }
 }
 
@@ -327,9 +375,12 @@ impl ProxyHttp for Gateway {
             // The client's session already read the body and chose the route.
             let route = sub
                 .user_ctx()
-                .and_then(|u| u.downcast_ref::<SubrequestRoute>())
+                .and_then(|u| u.downcast_ref::<large_body::SubrequestRoute>())
                 .ok_or_else(|| ErrorKind::Internal.err("subrequest without a route"))?;
             ctx.target = Some(route.target.clone());
+            ctx.tried = route.attempts.tried();
+            ctx.parent = Some(route.attempts.clone());
+            ctx.parent_can_fall_back = route.can_fall_back;
             let body_len = route.body_len;
             // Its request head is a copy of the client's as received: when the body was
             // rewritten for a fallback model, its length is not the client's.
@@ -357,24 +408,23 @@ impl ProxyHttp for Gateway {
                 local::LocalAnswer::Error(kind, msg) => Err(kind.err(msg)),
             };
         }
-        let mut body = body::read(session, self.max_body_bytes, self.body_deadline).await?;
-        let target = self.target(session, &routes, &body)?;
+        let original = body::read(session, self.max_body_bytes, self.body_deadline).await?;
+        let target = self.target(session, &routes, &original)?;
         if let Target::Model { model, pool } = &target {
             if let Some(models) = self.fallbacks.get(model) {
-                ctx.fallbacks = fallback::FallbackChain::new(body.clone(), models, &routes);
+                ctx.fallbacks = fallback::FallbackChain::new(original.clone(), models, &routes);
             }
             let in_service = pool.has_candidate(&[]);
             ctx.target = Some(target);
-            if !in_service && ctx.switch_to_fallback() {
-                body = ctx.fallbacks.as_ref().map_or(body, |f| f.body().clone());
+            if !in_service {
+                ctx.switch_to_fallback();
             }
         } else {
             ctx.target = Some(target);
         }
         if session.retry_buffer_truncated() {
-            let target = ctx.target.clone().expect("set above");
             ctx.via_subrequest = true;
-            return self.forward_large_body(session, target, body).await;
+            return self.forward_large_body(session, ctx, original).await;
         }
         Ok(false)
     }
@@ -405,6 +455,9 @@ impl ProxyHttp for Gateway {
             }
         };
         ctx.tried.push(upstream.index);
+        if let Some(parent) = &ctx.parent {
+            parent.push(upstream.index);
+        }
         let peer = Box::new(upstream.peer());
         // A retry's guard replaces (and so ends) the failed attempt's.
         ctx.in_flight = Some(upstream.endpoint.start_request());
@@ -427,7 +480,7 @@ impl ProxyHttp for Gateway {
                 e.etype().as_str(),
                 ctx.model().unwrap_or("-")
             );
-            e.set_retry(true);
+            e.set_retry(ctx.ask_another_attempt());
         }
         e
     }
@@ -462,10 +515,14 @@ impl ProxyHttp for Gateway {
                 e.etype(),
                 ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
             );
-        if stale_connection && !session.retry_buffer_truncated() && ctx.stale_retries == 0 {
+        let replayable = ctx.parent.is_some() || !session.retry_buffer_truncated();
+        if stale_connection && replayable && ctx.stale_retries == 0 {
             ctx.stale_retries += 1;
             ctx.tried.pop();
-            e.set_retry(true);
+            if let Some(parent) = &ctx.parent {
+                parent.pop();
+            }
+            e.set_retry(ctx.ask_another_attempt());
             return e;
         }
         ctx.blame_current(e.etype().as_str());
@@ -478,7 +535,7 @@ impl ProxyHttp for Gateway {
                 e.etype().as_str(),
                 ctx.model().unwrap_or("-")
             );
-            e.set_retry(true);
+            e.set_retry(ctx.ask_another_attempt());
         }
         e
     }
@@ -520,7 +577,7 @@ impl ProxyHttp for Gateway {
                 header.status.as_u16(),
                 ctx.model().unwrap_or("-")
             );
-            ctx.fail_over = true;
+            ctx.fail_over = ctx.ask_another_attempt();
             return Err(ErrorKind::UpstreamFailed.err(format!(
                 "endpoint {} answered HTTP {}",
                 ep.name,
