@@ -4,12 +4,11 @@
 //! Run: `cargo bench --bench hot_path`.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use ai_proxy::endpoint::{ApiKey, Endpoint, EndpointKind};
 use ai_proxy::openai::peek_model;
 use ai_proxy::routes::Pool;
-use ai_proxy::upstream::{Timeouts, Upstream};
+use ai_proxy::upstream::Upstream;
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use pingora::http::RequestHeader;
 
@@ -35,10 +34,6 @@ fn bench_peek(c: &mut Criterion) {
 }
 
 fn bench_select(c: &mut Criterion) {
-    let t = Timeouts {
-        connect: Duration::from_secs(1),
-        read: Duration::from_secs(1),
-    };
     let members: Vec<Arc<Upstream>> = (0..4)
         .map(|i| {
             let port = 9000 + i as u16;
@@ -54,7 +49,6 @@ fn bench_select(c: &mut Criterion) {
                 Arc::new(ep),
                 i,
                 ([127, 0, 0, 1], port).into(),
-                t,
             ))
         })
         .collect();

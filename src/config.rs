@@ -11,7 +11,7 @@ use pingora::protocols::tls::CaType;
 use pingora::server::configuration::ServerConf;
 use serde::Deserialize;
 
-use crate::endpoint::{redact_userinfo, ApiKey, Endpoint, EndpointKind};
+use crate::endpoint::{redact_userinfo, ApiKey, Endpoint, EndpointKind, Timeouts};
 use crate::health::HealthPolicy;
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8000";
@@ -44,6 +44,7 @@ struct FileConfig {
     discovery_interval_secs: Option<u64>,
     threads: Option<usize>,
     max_attempts: Option<u32>,
+    total_timeout_secs: Option<f64>,
     shutdown_grace_secs: Option<u64>,
     header_timeout_secs: Option<u64>,
     max_header_bytes: Option<usize>,
@@ -72,6 +73,17 @@ struct EndpointConfig {
     api_key: Option<String>,
     api_key_env: Option<String>,
     ca_file: Option<PathBuf>,
+    timeouts: Option<TimeoutsConfig>,
+}
+
+/// An endpoint's `timeouts:`, each overriding the top-level default.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TimeoutsConfig {
+    connect_secs: Option<f64>,
+    first_byte_secs: Option<f64>,
+    idle_secs: Option<f64>,
+    total_secs: Option<f64>,
 }
 
 /// Where the endpoints came from (shown at start-up).
@@ -216,6 +228,15 @@ impl Config {
         let max_attempts = file.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS);
         positive("max_attempts", u64::from(max_attempts))?;
         let health = health_policy(file.health.unwrap_or_default())?;
+        let timeouts = Timeouts {
+            connect: Duration::from_secs(connect_timeout_secs),
+            first_byte: Duration::from_secs(timeout_secs),
+            idle: Duration::from_secs(timeout_secs),
+            total: file
+                .total_timeout_secs
+                .map(|s| seconds("total_timeout_secs", s))
+                .transpose()?,
+        };
         let header_timeout_secs = file
             .header_timeout_secs
             .unwrap_or(DEFAULT_HEADER_TIMEOUT_SECS);
@@ -230,8 +251,10 @@ impl Config {
             .unwrap_or(DEFAULT_SHUTDOWN_GRACE_SECS);
 
         let (endpoints, source) = match file.endpoints {
-            Some(list) if !list.is_empty() => (yaml_endpoints(list, env, health)?, source),
-            _ => (env_endpoints(env, health)?, Source::Env),
+            Some(list) if !list.is_empty() => {
+                (yaml_endpoints(list, env, health, timeouts)?, source)
+            }
+            _ => (env_endpoints(env, health, timeouts)?, Source::Env),
         };
         Ok(Config {
             source,
@@ -267,6 +290,38 @@ impl Config {
     }
 }
 
+/// Seconds as a duration: positive, finite, at most a day.
+fn seconds(field: &str, s: f64) -> Result<Duration, String> {
+    if s.is_finite() && s > 0.0 && s <= 86_400.0 {
+        Ok(Duration::from_secs_f64(s))
+    } else {
+        Err(format!("{field}: {s} is not between 0 and 86400 seconds"))
+    }
+}
+
+/// An endpoint's timeouts: its own `timeouts:` over the defaults.
+fn endpoint_timeouts(
+    own: Option<TimeoutsConfig>,
+    defaults: Timeouts,
+    field: &str,
+) -> Result<Timeouts, String> {
+    let Some(own) = own else {
+        return Ok(defaults);
+    };
+    let pick = |key: &str, v: Option<f64>, default: Duration| {
+        v.map_or(Ok(default), |s| seconds(&format!("{field}.{key}"), s))
+    };
+    Ok(Timeouts {
+        connect: pick("connect_secs", own.connect_secs, defaults.connect)?,
+        first_byte: pick("first_byte_secs", own.first_byte_secs, defaults.first_byte)?,
+        idle: pick("idle_secs", own.idle_secs, defaults.idle)?,
+        total: match own.total_secs {
+            Some(s) => Some(seconds(&format!("{field}.total_secs"), s)?),
+            None => defaults.total,
+        },
+    })
+}
+
 /// Each model's fallback list: no empty names, not the model itself, each model once.
 fn fallbacks(map: HashMap<String, Vec<String>>) -> Result<HashMap<String, Vec<String>>, String> {
     let mut out = HashMap::with_capacity(map.len());
@@ -298,12 +353,8 @@ fn fallbacks(map: HashMap<String, Vec<String>>) -> Result<HashMap<String, Vec<St
 
 fn health_policy(h: HealthConfig) -> Result<HealthPolicy, String> {
     let d = HealthPolicy::default();
-    let secs = |field: &str, v: Option<f64>, default: Duration| match v {
-        None => Ok(default),
-        Some(s) if s.is_finite() && s > 0.0 && s <= 86_400.0 => Ok(Duration::from_secs_f64(s)),
-        Some(s) => Err(format!(
-            "health.{field}: {s} is not between 0 and 86400 seconds"
-        )),
+    let secs = |field: &str, v: Option<f64>, default: Duration| {
+        v.map_or(Ok(default), |s| seconds(&format!("health.{field}"), s))
     };
     let policy = HealthPolicy {
         failure_threshold: h.failure_threshold.unwrap_or(d.failure_threshold),
@@ -337,6 +388,7 @@ fn yaml_endpoints(
     list: Vec<EndpointConfig>,
     env: &dyn Env,
     health: HealthPolicy,
+    defaults: Timeouts,
 ) -> Result<Vec<Arc<Endpoint>>, String> {
     let mut names = HashSet::new();
     let mut out = Vec::with_capacity(list.len());
@@ -368,7 +420,12 @@ fn yaml_endpoints(
         };
         let ep = Endpoint::new(&ec.url, ec.kind, ec.name, key, ca)
             .map_err(|e| format!("{}: {e}", field("url")))?
-            .with_health(health);
+            .with_health(health)
+            .with_timeouts(endpoint_timeouts(
+                ec.timeouts,
+                defaults,
+                &field("timeouts"),
+            )?);
         if !names.insert(ep.name.clone()) {
             return Err(format!(
                 "{}: duplicate endpoint name {:?} (set distinct `name`s)",
@@ -382,7 +439,11 @@ fn yaml_endpoints(
 }
 
 /// The legacy `ENDPOINTS` forms (contract §2).
-fn env_endpoints(env: &dyn Env, health: HealthPolicy) -> Result<Vec<Arc<Endpoint>>, String> {
+fn env_endpoints(
+    env: &dyn Env,
+    health: HealthPolicy,
+    timeouts: Timeouts,
+) -> Result<Vec<Arc<Endpoint>>, String> {
     let shared_key = match env.var("API_KEY") {
         Some(k) => Some(ApiKey::new(&k).map_err(|e| format!("env API_KEY: {e}"))?),
         None => None,
@@ -429,7 +490,8 @@ fn env_endpoints(env: &dyn Env, health: HealthPolicy) -> Result<Vec<Arc<Endpoint
     for (url, key) in pairs {
         let ep = Endpoint::new(&url, EndpointKind::Openai, None, key, None)
             .map_err(|e| format!("env ENDPOINTS: {e}"))?
-            .with_health(health);
+            .with_health(health)
+            .with_timeouts(timeouts);
         if !names.insert(ep.name.clone()) {
             return Err(format!("env ENDPOINTS: {} is listed twice", ep.url));
         }
@@ -642,6 +704,25 @@ endpoints:
         assert_eq!(c.health.max_ejection, Duration::from_secs(60));
         assert!(c.server_conf().max_retries > 5);
 
+        let c = yaml(
+            "timeout_secs: 20\nconnect_timeout_secs: 3\ntotal_timeout_secs: 600\nendpoints:\n  - url: http://a:1\n  - url: http://b:1\n    timeouts: {first_byte_secs: 2.5, idle_secs: 7}\n",
+        )
+        .unwrap();
+        let (a, b) = (c.endpoints[0].timeouts, c.endpoints[1].timeouts);
+        assert_eq!(a.connect, Duration::from_secs(3));
+        assert_eq!(
+            (a.first_byte, a.idle),
+            (Duration::from_secs(20), Duration::from_secs(20))
+        );
+        assert_eq!(a.total, Some(Duration::from_secs(600)));
+        assert!(a.need_watchdog(), "a total needs the watchdog");
+        assert_eq!(b.connect, Duration::from_secs(3));
+        assert_eq!(b.first_byte, Duration::from_millis(2500));
+        assert_eq!(b.idle, Duration::from_secs(7));
+        assert_eq!(b.read(), Duration::from_secs(7));
+        let plain = yaml("endpoints:\n  - url: http://a:1\n").unwrap();
+        assert!(!plain.endpoints[0].timeouts.need_watchdog());
+
         let c = yaml("fallbacks:\n  big: [small, tiny, small]\n").unwrap();
         assert_eq!(c.fallbacks["big"], ["small", "tiny"]);
 
@@ -658,6 +739,15 @@ endpoints:
             ),
             ("health:\n  probes: true", "probes"),
             ("fallbacks:\n  big: []", "fallbacks.\"big\""),
+            ("total_timeout_secs: 0", "total_timeout_secs"),
+            (
+                "endpoints:\n  - url: http://a:1\n    timeouts: {idle_secs: -2}",
+                "endpoints[0].timeouts.idle_secs",
+            ),
+            (
+                "endpoints:\n  - url: http://a:1\n    timeouts: {ttfb: 2}",
+                "ttfb",
+            ),
             ("fallbacks:\n  big: [big]", "itself"),
             ("fallbacks:\n  big: small", "fallbacks"),
         ] {

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::HeaderValue;
 use pingora::http::RequestHeader;
@@ -77,6 +78,7 @@ pub struct Endpoint {
     in_flight: AtomicUsize,
     /// Passive health, shared by every model the endpoint serves.
     pub health: Health,
+    pub timeouts: Timeouts,
     /// `x-ai-proxy-endpoint` on responses it served (`None` if the name is no header value).
     pub name_header: Option<HeaderValue>,
 }
@@ -102,6 +104,43 @@ pub struct InFlight(Arc<Endpoint>);
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Upstream timeouts of an endpoint: the config's defaults, or its own `timeouts:`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// TCP (and TLS) connect, per attempt.
+    pub connect: Duration,
+    /// From sending the request to the response head.
+    pub first_byte: Duration,
+    /// The longest gap between two chunks of a response body.
+    pub idle: Duration,
+    /// The whole response, head to last byte (`None`: no limit).
+    pub total: Option<Duration>,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(5),
+            first_byte: Duration::from_secs(60),
+            idle: Duration::from_secs(60),
+            total: None,
+        }
+    }
+}
+
+impl Timeouts {
+    /// Pingora's per-read timeout: the longer of first byte and idle gap.
+    pub fn read(&self) -> Duration {
+        self.first_byte.max(self.idle)
+    }
+
+    /// Whether a request needs the watchdog: Pingora's single read timeout cannot tell first
+    /// byte from idle gap, and has no total.
+    pub fn need_watchdog(&self) -> bool {
+        self.first_byte != self.idle || self.total.is_some()
     }
 }
 
@@ -214,7 +253,14 @@ impl Endpoint {
             ca,
             in_flight: AtomicUsize::new(0),
             health: Health::default(),
+            timeouts: Timeouts::default(),
         })
+    }
+
+    /// Use these timeouts for requests to this endpoint.
+    pub fn with_timeouts(mut self, timeouts: Timeouts) -> Self {
+        self.timeouts = timeouts;
+        self
     }
 
     /// Judge this endpoint's health by `policy` (the default policy otherwise).

@@ -25,7 +25,6 @@ use config::Config;
 use discovery::Discovery;
 use proxy::Gateway;
 use shutdown::{ActiveRequests, Signals};
-use upstream::Timeouts;
 
 /// Client connections read straight into Pingora's own header and body buffers.
 ///
@@ -45,14 +44,9 @@ pub fn build_server(config: &Config) -> (Server, Signals) {
     let mut server = Server::new_with_opt_and_conf(None, config.server_conf());
     server.bootstrap();
     let routes = routes::empty_routes();
-    let timeouts = Timeouts {
-        connect: config.connect_timeout,
-        read: config.timeout,
-    };
     let discovery = Discovery::new(
         config.endpoints.clone(),
         routes.clone(),
-        timeouts,
         config.discovery_interval,
     );
     server.add_service(background_service("discovery", discovery));

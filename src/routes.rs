@@ -167,8 +167,6 @@ pub fn empty_routes() -> SharedRoutes {
 mod tests {
     use super::*;
     use crate::endpoint::{Endpoint, EndpointKind};
-    use crate::upstream::Timeouts;
-    use std::time::Duration;
 
     fn up(index: usize, port: u16) -> Arc<Upstream> {
         let ep = Arc::new(
@@ -181,11 +179,7 @@ mod tests {
             )
             .unwrap(),
         );
-        let t = Timeouts {
-            connect: Duration::from_secs(1),
-            read: Duration::from_secs(1),
-        };
-        Arc::new(Upstream::new(ep, index, ([127, 0, 0, 1], port).into(), t))
+        Arc::new(Upstream::new(ep, index, ([127, 0, 0, 1], port).into()))
     }
 
     #[test]

@@ -13,14 +13,6 @@ use crate::endpoint::Endpoint;
 /// sending a request on it.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 
-/// Per-connection timeouts from the config.
-#[derive(Debug, Clone, Copy)]
-pub struct Timeouts {
-    pub connect: Duration,
-    /// Each read: time to first byte, and every gap between chunks after it.
-    pub read: Duration,
-}
-
 /// An endpoint reachable at one address (its host resolved by discovery).
 #[derive(Debug)]
 pub struct Upstream {
@@ -33,7 +25,8 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    pub fn new(endpoint: Arc<Endpoint>, index: usize, addr: SocketAddr, t: Timeouts) -> Self {
+    pub fn new(endpoint: Arc<Endpoint>, index: usize, addr: SocketAddr) -> Self {
+        let t = endpoint.timeouts;
         let sni = if endpoint.tls {
             endpoint.host.clone()
         } else {
@@ -43,8 +36,10 @@ impl Upstream {
         let o = &mut peer.options;
         o.connection_timeout = Some(t.connect);
         o.total_connection_timeout = Some(t.connect * 2);
-        o.read_timeout = Some(t.read);
-        o.write_timeout = Some(t.read);
+        // Pingora has one timeout for every read; the request's watchdog enforces the shorter
+        // of time to first byte and idle gap when they differ (see `proxy/watchdog.rs`).
+        o.read_timeout = Some(t.read());
+        o.write_timeout = Some(t.read());
         o.idle_timeout = Some(POOL_IDLE_TIMEOUT);
         o.ca = endpoint.ca.clone();
         Upstream {

@@ -18,7 +18,7 @@ use pingora::services::ServiceReadyNotifier;
 
 use crate::endpoint::{Endpoint, EndpointKind};
 use crate::routes::SharedRoutes;
-use crate::upstream::{Timeouts, Upstream};
+use crate::upstream::Upstream;
 use client::GetError;
 use parse::DiscoveredModel;
 
@@ -77,23 +77,16 @@ impl EndpointState {
 pub struct Discovery {
     endpoints: Vec<Arc<Endpoint>>,
     routes: SharedRoutes,
-    timeouts: Timeouts,
     interval: Duration,
     connector: Connector,
     started: SystemTime,
 }
 
 impl Discovery {
-    pub fn new(
-        endpoints: Vec<Arc<Endpoint>>,
-        routes: SharedRoutes,
-        timeouts: Timeouts,
-        interval: Duration,
-    ) -> Self {
+    pub fn new(endpoints: Vec<Arc<Endpoint>>, routes: SharedRoutes, interval: Duration) -> Self {
         Discovery {
             endpoints,
             routes,
-            timeouts,
             interval,
             connector: Connector::new(None),
             started: SystemTime::now(),
@@ -129,7 +122,7 @@ impl Discovery {
         index: usize,
         known: Option<Arc<Upstream>>,
     ) -> PollResult {
-        let poll_time = MAX_POLL_TIME.min(self.timeouts.read);
+        let poll_time = MAX_POLL_TIME.min(ep.timeouts.first_byte);
         let poll = async {
             let mut addrs = resolve(&ep)
                 .await
@@ -144,7 +137,7 @@ impl Discovery {
             for addr in addrs {
                 let upstream = match &known {
                     Some(u) if u.addr == addr => u.clone(),
-                    _ => Arc::new(Upstream::new(ep.clone(), index, addr, self.timeouts)),
+                    _ => Arc::new(Upstream::new(ep.clone(), index, addr)),
                 };
                 match self.fetch_models(&upstream).await {
                     Ok(models) => return Ok((upstream, models)),

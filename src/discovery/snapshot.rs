@@ -112,8 +112,6 @@ mod tests {
     use super::*;
     use crate::discovery::parse::DiscoveredModel;
     use crate::endpoint::{ApiKey, Endpoint, EndpointKind};
-    use crate::upstream::Timeouts;
-    use std::time::Duration;
 
     fn state(i: usize, port: u16, models: &[&str], status: PollStatus) -> EndpointState {
         let ep = Arc::new(
@@ -126,16 +124,11 @@ mod tests {
             )
             .unwrap(),
         );
-        let t = Timeouts {
-            connect: Duration::from_secs(1),
-            read: Duration::from_secs(1),
-        };
         let mut s = EndpointState::new(ep.clone(), i);
         s.upstream = Some(Arc::new(Upstream::new(
             ep,
             i,
             ([127, 0, 0, 1], port).into(),
-            t,
         )));
         s.models = models
             .iter()

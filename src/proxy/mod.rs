@@ -14,6 +14,7 @@ mod fallback;
 mod large_body;
 mod local;
 mod respond;
+mod watchdog;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -86,6 +87,9 @@ pub struct RequestCtx {
     parent: Option<Arc<large_body::Attempts>>,
     /// In a large-body subrequest: a fallback model could take the request after this one.
     parent_can_fall_back: bool,
+    /// The current attempt's first-byte, idle and total deadlines, when Pingora's single
+    /// read timeout cannot enforce them.
+    watchdog: Option<watchdog::Watchdog>,
 }
 
 impl RequestCtx {
@@ -506,6 +510,19 @@ impl ProxyHttp for Gateway {
             return e;
         }
         e.set_retry(false);
+        if let Some(expired) = ctx.watchdog.as_ref().and_then(|w| w.expired()) {
+            // The watchdog shut the socket: say which deadline passed, not "connection closed".
+            let limits = ctx
+                .current
+                .as_ref()
+                .map(|u| u.endpoint.timeouts)
+                .unwrap_or_default();
+            e = ErrorKind::UpstreamTimeout.err(format!(
+                "the upstream timed out: {}",
+                expired.describe(&limits)
+            ));
+            e.esource = ErrorSource::Upstream;
+        }
         if *e.esource() != ErrorSource::Upstream {
             return e;
         }
@@ -555,6 +572,9 @@ impl ProxyHttp for Gateway {
         let ep = &upstream.endpoint;
         if header.status.is_informational() {
             return Ok(());
+        }
+        if let Some(w) = &ctx.watchdog {
+            w.head();
         }
         let answer = failover::judge(ep.kind, header);
         match answer {
@@ -640,6 +660,43 @@ impl ProxyHttp for Gateway {
                 *body = Some(rewritten.clone());
             }
         }
+        Ok(())
+    }
+
+    /// Keeps the watchdog's idle deadline moving; body bytes pass untouched.
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        if let Some(w) = &ctx.watchdog {
+            if end_of_stream {
+                w.finish();
+            } else {
+                w.chunk();
+            }
+        }
+        Ok(None)
+    }
+
+    /// Arms the watchdog when the endpoint's timeouts need one.
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        fd: std::os::unix::io::RawFd,
+        _digest: Option<&pingora::protocols::Digest>,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        ctx.watchdog = ctx
+            .current
+            .as_ref()
+            .map(|u| u.endpoint.timeouts)
+            .filter(|t| t.need_watchdog())
+            .and_then(|t| watchdog::Watchdog::arm(fd, t));
         Ok(())
     }
 
