@@ -26,6 +26,8 @@ pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 25;
 pub const DEFAULT_HEADER_TIMEOUT_SECS: u64 = 30;
 /// Request line and headers together; OpenAI's own SDK requests are under 2 KiB.
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
+/// A discovery poll (the active probe) that takes longer marks the endpoint down.
+pub const DEFAULT_PROBE_TIMEOUT_SECS: u64 = 5;
 /// Attempts per request across endpoints: the first one and up to two failovers.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 /// The legacy tool's upstream when nothing else is configured.
@@ -61,6 +63,7 @@ struct HealthConfig {
     failure_threshold: Option<u32>,
     ejection_secs: Option<f64>,
     max_ejection_secs: Option<f64>,
+    probe_timeout_secs: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -116,6 +119,8 @@ pub struct Config {
     /// Client connections served at once (`None`: no cap but the open-files limit).
     pub max_connections: Option<usize>,
     pub health: HealthPolicy,
+    /// How long a discovery poll (the active health probe) may take.
+    pub probe_timeout: Duration,
     /// Models to try, in order, when every endpoint of a model failed before answering.
     pub fallbacks: HashMap<String, Vec<String>>,
     pub endpoints: Vec<Arc<Endpoint>>,
@@ -227,7 +232,13 @@ impl Config {
 
         let max_attempts = file.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS);
         positive("max_attempts", u64::from(max_attempts))?;
-        let health = health_policy(file.health.unwrap_or_default())?;
+        let health_config = file.health.unwrap_or_default();
+        let probe_timeout = health_config
+            .probe_timeout_secs
+            .map_or(Ok(Duration::from_secs(DEFAULT_PROBE_TIMEOUT_SECS)), |s| {
+                seconds("health.probe_timeout_secs", s)
+            })?;
+        let health = health_policy(health_config)?;
         let timeouts = Timeouts {
             connect: Duration::from_secs(connect_timeout_secs),
             first_byte: Duration::from_secs(timeout_secs),
@@ -270,6 +281,7 @@ impl Config {
             max_header_bytes,
             max_connections: file.max_connections,
             health,
+            probe_timeout,
             fallbacks: fallbacks(file.fallbacks.unwrap_or_default())?,
             endpoints,
         })

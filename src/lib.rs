@@ -48,6 +48,7 @@ pub fn build_server(config: &Config) -> (Server, Signals) {
         config.endpoints.clone(),
         routes.clone(),
         config.discovery_interval,
+        config.probe_timeout,
     );
     server.add_service(background_service("discovery", discovery));
     let active = ActiveRequests::default();

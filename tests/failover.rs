@@ -553,3 +553,43 @@ async fn a_large_body_falls_back_once_its_models_endpoints_fail() {
         without_model(serde_json::from_str(&body).unwrap())
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_500_passes_through_once_and_counts_against_the_endpoint() {
+    let broken = start_mock(
+        MockConfig::openai("broken", ["shared"]).with_fault(Fault::Status {
+            status: 500,
+            retry_after: None,
+        }),
+    )
+    .await;
+    let good = start_mock(MockConfig::openai("good", ["shared"])).await;
+    let gw = gateway(&[&broken, &good], 60, 10).await;
+
+    let mut statuses = Vec::new();
+    for _ in 0..10 {
+        let before = posts(&broken) + posts(&good);
+        let r = post_chat(&gw, "shared", &[]).await;
+        assert_eq!(
+            posts(&broken) + posts(&good) - before,
+            1,
+            "one attempt each"
+        );
+        if r.status == 500 {
+            assert_eq!(served_by(&r), "broken");
+            assert!(r.json()["error"].is_object(), "the upstream's own answer");
+        } else {
+            assert_eq!(r.status, 200);
+            assert_eq!(served_by(&r), "good");
+        }
+        statuses.push(r.status);
+    }
+    // Round robin alternates until three 500s in a row eject the endpoint.
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 500).count(),
+        3,
+        "{statuses:?}"
+    );
+    assert_eq!(posts(&broken), 3);
+    assert_eq!(health(&gw, "broken").await["status"], "ejected");
+}

@@ -24,10 +24,6 @@ use parse::DiscoveredModel;
 
 pub use snapshot::build_routes;
 
-/// An endpoint that does not answer within this long is marked down for the round; it never
-/// holds up start-up or the other endpoints.
-const MAX_POLL_TIME: Duration = Duration::from_secs(5);
-
 /// Outcome of the latest poll of one endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PollStatus {
@@ -78,13 +74,22 @@ pub struct Discovery {
     endpoints: Vec<Arc<Endpoint>>,
     routes: SharedRoutes,
     interval: Duration,
+    /// A poll (the active probe) that takes longer fails: the endpoint is down for the round
+    /// and never holds up start-up or the other endpoints.
+    poll_timeout: Duration,
     connector: Connector,
     started: SystemTime,
 }
 
 impl Discovery {
-    pub fn new(endpoints: Vec<Arc<Endpoint>>, routes: SharedRoutes, interval: Duration) -> Self {
+    pub fn new(
+        endpoints: Vec<Arc<Endpoint>>,
+        routes: SharedRoutes,
+        interval: Duration,
+        poll_timeout: Duration,
+    ) -> Self {
         Discovery {
+            poll_timeout,
             endpoints,
             routes,
             interval,
@@ -122,7 +127,7 @@ impl Discovery {
         index: usize,
         known: Option<Arc<Upstream>>,
     ) -> PollResult {
-        let poll_time = MAX_POLL_TIME.min(ep.timeouts.first_byte);
+        let poll_time = self.poll_timeout;
         let poll = async {
             let mut addrs = resolve(&ep)
                 .await
