@@ -52,7 +52,7 @@ fn bench_select(c: &mut Criterion) {
             ))
         })
         .collect();
-    let pool = Pool::new(members);
+    let pool = Pool::new("m", members);
     c.bench_function("pool_select_4", |b| {
         b.iter(|| pool.select(black_box(&[])).map(|u| u.index))
     });

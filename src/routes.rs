@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
+use http::HeaderValue;
 use pingora::lb::selection::RoundRobin;
 use pingora::lb::LoadBalancer;
 
@@ -18,6 +19,8 @@ use crate::upstream::Upstream;
 
 /// The upstreams that serve one model, balanced round robin.
 pub struct Pool {
+    /// `x-ai-proxy-model` for responses from this pool (`None` if the id is no header value).
+    pub model_header: Option<HeaderValue>,
     lb: LoadBalancer<RoundRobin>,
     /// Sorted by endpoint index; addresses are unique within a pool.
     members: Vec<Arc<Upstream>>,
@@ -26,7 +29,7 @@ pub struct Pool {
 impl Pool {
     /// A pool of upstreams; ones whose address repeats an earlier member's are dropped (the
     /// balancer identifies members by address).
-    pub fn new(mut members: Vec<Arc<Upstream>>) -> Pool {
+    pub fn new(model: &str, mut members: Vec<Arc<Upstream>>) -> Pool {
         members.sort_by_key(|u| u.index);
         let mut seen = std::collections::HashSet::new();
         members.retain(|u| {
@@ -42,7 +45,11 @@ impl Pool {
         });
         let lb = LoadBalancer::try_from_iter(members.iter().map(|u| u.addr))
             .expect("socket addresses need no DNS");
-        Pool { lb, members }
+        Pool {
+            model_header: HeaderValue::from_str(model).ok(),
+            lb,
+            members,
+        }
     }
 
     /// Whether this pool has exactly these members (endpoint and address), so it can be
@@ -184,7 +191,7 @@ mod tests {
 
     #[test]
     fn round_robin_spreads_and_skips_tried() {
-        let pool = Pool::new(vec![up(1, 2), up(0, 1)]);
+        let pool = Pool::new("m", vec![up(1, 2), up(0, 1)]);
         let mut counts = [0; 2];
         for _ in 0..10 {
             counts[pool.select(&[]).unwrap().index] += 1;
@@ -198,7 +205,7 @@ mod tests {
 
     #[test]
     fn membership_comparison() {
-        let pool = Pool::new(vec![up(0, 1), up(1, 2)]);
+        let pool = Pool::new("m", vec![up(0, 1), up(1, 2)]);
         assert!(pool.same_members(&[up(1, 2), up(0, 1)]));
         assert!(!pool.same_members(&[up(0, 1)]));
         assert!(!pool.same_members(&[up(0, 1), up(1, 3)]));
@@ -206,7 +213,7 @@ mod tests {
 
     #[test]
     fn duplicate_addresses_collapse() {
-        let pool = Pool::new(vec![up(0, 1), up(1, 1)]);
+        let pool = Pool::new("m", vec![up(0, 1), up(1, 1)]);
         assert_eq!(pool.len(), 1);
         assert!(pool.same_members(&[up(0, 1), up(1, 1)]));
     }

@@ -51,7 +51,7 @@ pub fn build_routes(
         .map(|(model, ups)| {
             let pool = match previous.pool(model) {
                 Some(p) if p.same_members(&ups) => p.clone(),
-                _ => Arc::new(Pool::new(ups)),
+                _ => Arc::new(Pool::new(model, ups)),
             };
             (model.to_string(), pool)
         })

@@ -22,7 +22,6 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::HeaderValue;
 use pingora::http::RequestHeader;
 use pingora::proxy::subrequest::pipe::{pipe_subrequest, InputBody, InputBodyType};
 use pingora::proxy::subrequest::{BodyMode, Ctx as SubrequestCtx};
@@ -611,8 +610,10 @@ impl ProxyHttp for Gateway {
         if let Some(name) = &ep.name_header {
             header.insert_header(ENDPOINT_HEADER, name.clone())?;
         }
-        if let Some(model) = ctx.model().and_then(|m| HeaderValue::from_str(m).ok()) {
-            header.insert_header(MODEL_HEADER, model)?;
+        if let Some(Target::Model { pool, .. }) = &ctx.target {
+            if let Some(model) = &pool.model_header {
+                header.insert_header(MODEL_HEADER, model.clone())?;
+            }
         }
         Ok(())
     }
