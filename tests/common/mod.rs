@@ -44,9 +44,9 @@ pub fn free_port() -> u16 {
     l.local_addr().expect("local_addr").port()
 }
 
-/// Directory of the shared OCF fixtures: `<manifest dir>/../shared/fixtures/ocf`.
+/// Directory of the OCF fixtures (real `/v1/dnt/table` payloads): `tests/fixtures/ocf`.
 pub fn fixtures_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/ocf")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ocf")
 }
 
 /// Path of an OCF fixture (panics with a hint when it is missing).
@@ -54,7 +54,7 @@ pub fn fixture(name: &str) -> PathBuf {
     let p = fixtures_dir().join(name);
     assert!(
         p.is_file(),
-        "fixture {} not found (shared/ must sit beside the crate directory)",
+        "fixture {} not found",
         p.display()
     );
     p
