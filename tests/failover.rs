@@ -50,6 +50,15 @@ async fn wait_serving(gw: &Gateway, name: &str) {
     );
 }
 
+/// A mock serving `model` that answers every inference request with `status`.
+async fn failing_with(name: &str, model: &str, status: u16) -> MockServer {
+    let fault = Fault::Status {
+        status,
+        retry_after: None,
+    };
+    start_mock(MockConfig::openai(name, [model]).with_fault(fault)).await
+}
+
 fn posts(mock: &MockServer) -> usize {
     inference_requests(mock).len()
 }
@@ -65,13 +74,7 @@ async fn health(gw: &Gateway, name: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_503_fails_over_and_ejects_the_endpoint() {
-    let bad = start_mock(
-        MockConfig::openai("bad", ["shared"]).with_fault(Fault::Status {
-            status: 503,
-            retry_after: None,
-        }),
-    )
-    .await;
+    let bad = failing_with("bad", "shared", 503).await;
     let good = start_mock(MockConfig::openai("good", ["shared"])).await;
     let gw = gateway(&[&bad, &good], 60, 10).await;
 
@@ -127,20 +130,8 @@ async fn upstream_429_honours_retry_after() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_last_endpoints_answer_passes_through_when_all_fail() {
-    let a = start_mock(
-        MockConfig::openai("a", ["shared"]).with_fault(Fault::Status {
-            status: 503,
-            retry_after: None,
-        }),
-    )
-    .await;
-    let b = start_mock(
-        MockConfig::openai("b", ["shared"]).with_fault(Fault::Status {
-            status: 503,
-            retry_after: None,
-        }),
-    )
-    .await;
+    let a = failing_with("a", "shared", 503).await;
+    let b = failing_with("b", "shared", 503).await;
     let gw = gateway(&[&a, &b], 60, 10).await;
 
     let r = post_chat(&gw, "shared", &[]).await;
@@ -370,13 +361,7 @@ fn without_model(mut v: Value) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_model_whose_endpoints_all_fail_is_served_by_its_fallback() {
-    let big = start_mock(
-        MockConfig::openai("big-host", ["big"]).with_fault(Fault::Status {
-            status: 503,
-            retry_after: None,
-        }),
-    )
-    .await;
+    let big = failing_with("big-host", "big", 503).await;
     let small = start_mock(MockConfig::openai("small-host", ["small"])).await;
     let gw = fallback_gateway(&[&big, &small]).await;
 
@@ -449,20 +434,8 @@ async fn a_model_whose_endpoints_all_fail_is_served_by_its_fallback() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_usable_fallback_the_requested_models_failure_stands() {
-    let big = start_mock(
-        MockConfig::openai("big-host", ["big"]).with_fault(Fault::Status {
-            status: 503,
-            retry_after: None,
-        }),
-    )
-    .await;
-    let small = start_mock(
-        MockConfig::openai("small-host", ["small"]).with_fault(Fault::Status {
-            status: 503,
-            retry_after: None,
-        }),
-    )
-    .await;
+    let big = failing_with("big-host", "big", 503).await;
+    let small = failing_with("small-host", "small", 503).await;
     let gw = fallback_gateway(&[&big, &small]).await;
     let r = post_chat(&gw, "big", &[]).await;
     assert_eq!(
@@ -485,13 +458,7 @@ fn large_chat_body(model: &str, kib: usize) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_bodies_fail_over_too() {
-    let bad = start_mock(
-        MockConfig::openai("bad", ["shared"]).with_fault(Fault::Status {
-            status: 502,
-            retry_after: None,
-        }),
-    )
-    .await;
+    let bad = failing_with("bad", "shared", 502).await;
     let hung = start_mock(MockConfig::openai("hung", ["shared"]).with_fault(Fault::Hang)).await;
     let good = start_mock(MockConfig::openai("good", ["shared"])).await;
     let gw = gateway(&[&bad, &hung, &good], 60, 1).await;
@@ -531,13 +498,7 @@ async fn large_bodies_fail_over_too() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_body_falls_back_once_its_models_endpoints_fail() {
-    let big = start_mock(
-        MockConfig::openai("big-host", ["big"]).with_fault(Fault::Status {
-            status: 503,
-            retry_after: None,
-        }),
-    )
-    .await;
+    let big = failing_with("big-host", "big", 503).await;
     let small = start_mock(MockConfig::openai("small-host", ["small"])).await;
     let gw = fallback_gateway(&[&big, &small]).await;
     let body = large_chat_body("big", 150);
@@ -556,13 +517,7 @@ async fn a_large_body_falls_back_once_its_models_endpoints_fail() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_500_passes_through_once_and_counts_against_the_endpoint() {
-    let broken = start_mock(
-        MockConfig::openai("broken", ["shared"]).with_fault(Fault::Status {
-            status: 500,
-            retry_after: None,
-        }),
-    )
-    .await;
+    let broken = failing_with("broken", "shared", 500).await;
     let good = start_mock(MockConfig::openai("good", ["shared"])).await;
     let gw = gateway(&[&broken, &good], 60, 10).await;
 

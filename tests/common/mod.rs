@@ -52,11 +52,7 @@ pub fn fixtures_dir() -> PathBuf {
 /// Path of an OCF fixture (panics with a hint when it is missing).
 pub fn fixture(name: &str) -> PathBuf {
     let p = fixtures_dir().join(name);
-    assert!(
-        p.is_file(),
-        "fixture {} not found",
-        p.display()
-    );
+    assert!(p.is_file(), "fixture {} not found", p.display());
     p
 }
 
