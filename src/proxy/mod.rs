@@ -9,6 +9,7 @@
 
 mod body;
 mod client_gone;
+mod ctx;
 mod failover;
 mod fallback;
 mod large_body;
@@ -30,12 +31,11 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
 use crate::config::Config;
-use crate::endpoint::InFlight;
 use crate::error::{ErrorKind, Rendered};
 use crate::openai::{peek_model, PeekError};
-use crate::routes::{Pool, Routes, SharedRoutes};
-use crate::shutdown::{ActiveRequest, ActiveRequests};
-use crate::upstream::Upstream;
+use crate::routes::{Routes, SharedRoutes};
+use crate::shutdown::ActiveRequests;
+use ctx::{answered, blame, RequestCtx, Target};
 
 /// Names the endpoint that served a response.
 const ENDPOINT_HEADER: &str = "x-ai-proxy-endpoint";
@@ -49,122 +49,6 @@ const MODEL_ROUTES: &[&str] = &[
     "/v1/embeddings",
     "/v1/responses",
 ];
-
-/// Where a request goes: decided once in `request_filter`, used by every attempt (and handed
-/// to a large-body subrequest so it neither reads nor parses the body again).
-#[derive(Clone)]
-enum Target {
-    /// The endpoints serving `model`.
-    Model { model: String, pool: Arc<Pool> },
-    /// A request without a model: the first configured endpoint.
-    Default(Arc<Upstream>),
-}
-
-/// Per-request state.
-#[derive(Default)]
-pub struct RequestCtx {
-    target: Option<Target>,
-    /// Endpoint indexes already attempted by this request.
-    tried: Vec<usize>,
-    /// The upstream of the current attempt.
-    current: Option<Arc<Upstream>>,
-    /// Counts this request on the current attempt's endpoint until the context is dropped,
-    /// i.e. until the response has truly ended.
-    in_flight: Option<InFlight>,
-    /// Retries on a fresh connection after a reused pooled one failed.
-    stale_retries: u8,
-    /// `upstream_response_filter` turned the current answer down: retry in this session.
-    fail_over: bool,
-    /// The request went upstream through a large-body subrequest, which logs its own errors.
-    via_subrequest: bool,
-    /// Counts the request for the graceful shutdown until the context is dropped.
-    _active: Option<ActiveRequest>,
-    /// The fallback models left, when the requested model has any.
-    fallbacks: Option<fallback::FallbackChain>,
-    /// In a large-body subrequest: the client session's record of attempts, which decides
-    /// failover in place of this session.
-    parent: Option<Arc<large_body::Attempts>>,
-    /// In a large-body subrequest: a fallback model could take the request after this one.
-    parent_can_fall_back: bool,
-    /// The current attempt's first-byte, idle and total deadlines, when Pingora's single
-    /// read timeout cannot enforce them.
-    watchdog: Option<watchdog::Watchdog>,
-}
-
-impl RequestCtx {
-    fn model(&self) -> Option<&str> {
-        match self.target.as_ref()? {
-            Target::Model { model, .. } => Some(model),
-            Target::Default(_) => None,
-        }
-    }
-
-    /// Whether another endpoint could still take this request: one of the model within
-    /// `max_attempts`, or one of a fallback model.
-    fn has_untried(&self, max_attempts: u32) -> bool {
-        match &self.target {
-            Some(Target::Model { pool, .. }) => {
-                (self.tried.len() < max_attempts as usize && pool.has_candidate(&self.tried))
-                    || self.fallbacks.as_ref().is_some_and(|f| f.available())
-                    || self.parent_can_fall_back
-            }
-            _ => false,
-        }
-    }
-
-    /// Move the request to its next fallback model with an endpoint in service.
-    fn switch_to_fallback(&mut self) -> bool {
-        let Some((model, pool)) = self.fallbacks.as_mut().and_then(|f| f.advance()) else {
-            return false;
-        };
-        log::warn!(
-            "model {} has no endpoint left for this request; falling back to {model}",
-            self.model().unwrap_or("-")
-        );
-        self.target = Some(Target::Model { model, pool });
-        self.tried.clear();
-        true
-    }
-
-    /// Whether the request can go to another endpoint: attempts and endpoints are left, nothing
-    /// reached the client, and the body can be replayed (from Pingora's 64 KiB retry buffer,
-    /// or by the client's session for a large-body subrequest).
-    fn can_fail_over(&self, session: &Session, max_attempts: u32) -> bool {
-        !answered(session)
-            && (self.parent.is_some() || !session.retry_buffer_truncated())
-            && self.has_untried(max_attempts)
-    }
-
-    /// Ask for another attempt. Returns whether this session retries itself; a large-body
-    /// subrequest instead ends, and the client's session runs a new one.
-    fn ask_another_attempt(&self) -> bool {
-        match &self.parent {
-            Some(parent) => {
-                parent.ask_retry();
-                false
-            }
-            None => true,
-        }
-    }
-
-    /// Count a failure against the current attempt's endpoint.
-    fn blame_current(&self, why: &str) {
-        if let Some(u) = &self.current {
-            blame(&u.endpoint, why);
-        }
-    }
-}
-
-/// Count a failure against an endpoint, and say so when that ejects it.
-fn blame(ep: &crate::endpoint::Endpoint, why: &str) {
-    if let Some(cooldown) = ep.health.record_failure() {
-        log::warn!(
-            "health: {} ejected for {:.1} s after consecutive failures (last: {why})",
-            ep.name,
-            cooldown.as_secs_f64()
-        );
-    }
-}
 
 /// The gateway's proxy logic.
 pub struct Gateway {
@@ -322,14 +206,6 @@ fn is_multipart(session: &Session) -> bool {
         .headers
         .get(http::header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"multipart/"))
-}
-
-/// Whether a final (non-1xx) response header has gone to the client: from then on nothing
-/// can be retried or answered differently. A `100 Continue` does not count.
-fn answered(session: &Session) -> bool {
-    session
-        .response_written()
-        .is_some_and(|h| !h.status.is_informational())
 }
 
 /// The SSE event that ends a stream the upstream cut: `data: {"error": {...}}`, the shape both

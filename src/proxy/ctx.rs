@@ -1,0 +1,136 @@
+//! Per-request state: where the request goes, what it has tried, and whether it may still
+//! move to another endpoint.
+
+use std::sync::Arc;
+
+use pingora::proxy::Session;
+
+use super::{fallback, large_body, watchdog};
+use crate::endpoint::{Endpoint, InFlight};
+use crate::routes::Pool;
+use crate::shutdown::ActiveRequest;
+use crate::upstream::Upstream;
+
+/// Where a request goes: decided once in `request_filter`, used by every attempt (and handed
+/// to a large-body subrequest so it neither reads nor parses the body again).
+#[derive(Clone)]
+pub(super) enum Target {
+    /// The endpoints serving `model`.
+    Model { model: String, pool: Arc<Pool> },
+    /// A request without a model: the first configured endpoint.
+    Default(Arc<Upstream>),
+}
+
+/// Per-request state.
+#[derive(Default)]
+pub struct RequestCtx {
+    pub(super) target: Option<Target>,
+    /// Endpoint indexes already attempted by this request.
+    pub(super) tried: Vec<usize>,
+    /// The upstream of the current attempt.
+    pub(super) current: Option<Arc<Upstream>>,
+    /// Counts this request on the current attempt's endpoint until the context is dropped,
+    /// i.e. until the response has truly ended.
+    pub(super) in_flight: Option<InFlight>,
+    /// Retries on a fresh connection after a reused pooled one failed.
+    pub(super) stale_retries: u8,
+    /// `upstream_response_filter` turned the current answer down: retry in this session.
+    pub(super) fail_over: bool,
+    /// The request went upstream through a large-body subrequest, which logs its own errors.
+    pub(super) via_subrequest: bool,
+    /// Counts the request for the graceful shutdown until the context is dropped.
+    pub(super) _active: Option<ActiveRequest>,
+    /// The fallback models left, when the requested model has any.
+    pub(super) fallbacks: Option<fallback::FallbackChain>,
+    /// In a large-body subrequest: the client session's record of attempts, which decides
+    /// failover in place of this session.
+    pub(super) parent: Option<Arc<large_body::Attempts>>,
+    /// In a large-body subrequest: a fallback model could take the request after this one.
+    pub(super) parent_can_fall_back: bool,
+    /// The current attempt's first-byte, idle and total deadlines, when Pingora's single
+    /// read timeout cannot enforce them.
+    pub(super) watchdog: Option<watchdog::Watchdog>,
+}
+
+impl RequestCtx {
+    pub(super) fn model(&self) -> Option<&str> {
+        match self.target.as_ref()? {
+            Target::Model { model, .. } => Some(model),
+            Target::Default(_) => None,
+        }
+    }
+
+    /// Whether another endpoint could still take this request: one of the model within
+    /// `max_attempts`, or one of a fallback model.
+    pub(super) fn has_untried(&self, max_attempts: u32) -> bool {
+        match &self.target {
+            Some(Target::Model { pool, .. }) => {
+                (self.tried.len() < max_attempts as usize && pool.has_candidate(&self.tried))
+                    || self.fallbacks.as_ref().is_some_and(|f| f.available())
+                    || self.parent_can_fall_back
+            }
+            _ => false,
+        }
+    }
+
+    /// Move the request to its next fallback model with an endpoint in service.
+    pub(super) fn switch_to_fallback(&mut self) -> bool {
+        let Some((model, pool)) = self.fallbacks.as_mut().and_then(|f| f.advance()) else {
+            return false;
+        };
+        log::warn!(
+            "model {} has no endpoint left for this request; falling back to {model}",
+            self.model().unwrap_or("-")
+        );
+        self.target = Some(Target::Model { model, pool });
+        self.tried.clear();
+        true
+    }
+
+    /// Whether the request can go to another endpoint: attempts and endpoints are left, nothing
+    /// reached the client, and the body can be replayed (from Pingora's 64 KiB retry buffer,
+    /// or by the client's session for a large-body subrequest).
+    pub(super) fn can_fail_over(&self, session: &Session, max_attempts: u32) -> bool {
+        !answered(session)
+            && (self.parent.is_some() || !session.retry_buffer_truncated())
+            && self.has_untried(max_attempts)
+    }
+
+    /// Ask for another attempt. Returns whether this session retries itself; a large-body
+    /// subrequest instead ends, and the client's session runs a new one.
+    pub(super) fn ask_another_attempt(&self) -> bool {
+        match &self.parent {
+            Some(parent) => {
+                parent.ask_retry();
+                false
+            }
+            None => true,
+        }
+    }
+
+    /// Count a failure against the current attempt's endpoint.
+    pub(super) fn blame_current(&self, why: &str) {
+        if let Some(u) = &self.current {
+            blame(&u.endpoint, why);
+        }
+    }
+}
+
+/// Count a failure against an endpoint, and say so when that ejects it.
+pub(super) fn blame(ep: &Endpoint, why: &str) {
+    if let Some(cooldown) = ep.health.record_failure() {
+        log::warn!(
+            "health: {} ejected for {:.1} s after consecutive failures (last: {why})",
+            ep.name,
+            cooldown.as_secs_f64()
+        );
+    }
+}
+
+/// Whether a final (non-1xx) response header has gone to the client: from then on nothing
+/// can be retried or answered differently. A `100 Continue` does not count.
+pub(super) fn answered(session: &Session) -> bool {
+    session
+        .response_written()
+        .is_some_and(|h| !h.status.is_informational())
+}
