@@ -10,6 +10,7 @@ pub mod health;
 pub mod mock;
 pub mod openai;
 pub mod proxy;
+pub mod request_id;
 pub mod routes;
 pub mod shutdown;
 pub mod upstream;

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use http::HeaderValue;
 use pingora::proxy::Session;
 
 use super::{fallback, large_body, watchdog};
@@ -50,6 +51,8 @@ pub struct RequestCtx {
     /// The current attempt's first-byte, idle and total deadlines, when Pingora's single
     /// read timeout cannot enforce them.
     pub(super) watchdog: Option<watchdog::Watchdog>,
+    /// `x-request-id`: the client's, or one made for it; sent upstream and on the response.
+    pub(super) request_id: Option<HeaderValue>,
 }
 
 impl RequestCtx {

@@ -23,6 +23,8 @@ pub(super) struct SubrequestRoute {
     pub attempts: Arc<Attempts>,
     /// A fallback model could still take the request after this model's endpoints.
     pub can_fall_back: bool,
+    /// The client session's request id (the subrequest's copied head may not have it).
+    pub request_id: Option<http::HeaderValue>,
 }
 
 /// The client session's record of its subrequests' attempts.

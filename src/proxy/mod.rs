@@ -33,6 +33,7 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 use crate::config::Config;
 use crate::error::{ErrorKind, Rendered};
 use crate::openai::{peek_model, PeekError};
+use crate::request_id;
 use crate::routes::{Routes, SharedRoutes};
 use crate::shutdown::ActiveRequests;
 use ctx::{answered, blame, RequestCtx, Target};
@@ -140,6 +141,7 @@ impl Gateway {
                 body_len: body.len(),
                 attempts: attempts.clone(),
                 can_fall_back: ctx.fallbacks.as_ref().is_some_and(|f| f.available()),
+                request_id: ctx.request_id.clone(),
             };
             let Some(spawner) = session.subrequest_spawner.as_ref() else {
                 return Err(ErrorKind::Internal.err("subrequest spawner missing"));
@@ -259,6 +261,7 @@ impl ProxyHttp for Gateway {
             ctx.target = Some(route.target.clone());
             ctx.tried = route.attempts.tried();
             ctx.parent = Some(route.attempts.clone());
+            ctx.request_id = route.request_id.clone();
             ctx.parent_can_fall_back = route.can_fall_back;
             let body_len = route.body_len;
             // Its request head is a copy of the client's as received: when the body was
@@ -271,6 +274,7 @@ impl ProxyHttp for Gateway {
         }
         let routes = self.routes.load_full();
         let req = session.req_header();
+        ctx.request_id = Some(request_id::for_request(req.headers.get(request_id::HEADER)));
         let head_bytes = head_size(req);
         if head_bytes > self.max_header_bytes {
             return Err(ErrorKind::HeaderTooLarge.err(format!(
@@ -281,7 +285,7 @@ impl ProxyHttp for Gateway {
         if let Some(answer) = local::answer(&req.method, req.uri.path(), &routes) {
             return match answer {
                 local::LocalAnswer::Json(status, body) => {
-                    respond::json(session, status, body).await?;
+                    respond::json(session, status, body, ctx.request_id.as_ref()).await?;
                     Ok(true)
                 }
                 local::LocalAnswer::Error(kind, msg) => Err(kind.err(msg)),
@@ -486,6 +490,14 @@ impl ProxyHttp for Gateway {
         if let Some(name) = &ep.name_header {
             header.insert_header(ENDPOINT_HEADER, name.clone())?;
         }
+        if let Some(id) = &ctx.request_id {
+            // An upstream's own id (OpenAI's `req_...`) stays available beside ours.
+            if let Some(theirs) = header.headers.get(request_id::HEADER).filter(|v| *v != id) {
+                let theirs = theirs.clone();
+                header.insert_header(request_id::UPSTREAM_HEADER, theirs)?;
+            }
+            header.insert_header(request_id::HEADER, id.clone())?;
+        }
         if let Some(Target::Model { pool, .. }) = &ctx.target {
             if let Some(model) = &pool.model_header {
                 header.insert_header(MODEL_HEADER, model.clone())?;
@@ -505,6 +517,9 @@ impl ProxyHttp for Gateway {
             .as_ref()
             .ok_or_else(|| ErrorKind::Internal.err("no upstream chosen"))?;
         upstream.endpoint.rewrite_request(req)?;
+        if let Some(id) = &ctx.request_id {
+            req.insert_header(request_id::HEADER, id.clone())?;
+        }
         // A fallback model's body is longer or shorter than the client's.
         let rewritten_len = ctx
             .fallbacks
@@ -619,7 +634,9 @@ impl ProxyHttp for Gateway {
         {
             rendered.message = format!("{} (model `{model}`)", rendered.message);
         }
-        if let Err(write_err) = respond::json(session, status, rendered.body()).await {
+        if let Err(write_err) =
+            respond::json(session, status, rendered.body(), ctx.request_id.as_ref()).await
+        {
             log::debug!("could not send error response: {write_err}");
         } else if rendered.kind == ErrorKind::BodyTooLarge {
             body::discard_rest(session).await;

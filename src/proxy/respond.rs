@@ -1,13 +1,25 @@
 //! Writing the gateway's own answers (local routes and errors) to the client.
 
 use bytes::Bytes;
+use http::HeaderValue;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use pingora::Result;
 
-/// Write a complete JSON response. Keep-alive stays as the session has it.
-pub async fn json(session: &mut Session, status: u16, body: Bytes) -> Result<()> {
-    let mut h = ResponseHeader::build(status, Some(3))?;
+use crate::request_id;
+
+/// Write a complete JSON response, with the request's id. Keep-alive stays as the session
+/// has it.
+pub async fn json(
+    session: &mut Session,
+    status: u16,
+    body: Bytes,
+    request_id: Option<&HeaderValue>,
+) -> Result<()> {
+    let mut h = ResponseHeader::build(status, Some(4))?;
+    if let Some(id) = request_id {
+        h.insert_header(request_id::HEADER, id.clone())?;
+    }
     h.insert_header(http::header::CONTENT_TYPE, "application/json")?;
     h.set_content_length(body.len())?;
     h.insert_header(http::header::CACHE_CONTROL, "no-store")?;
