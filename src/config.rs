@@ -46,6 +46,7 @@ struct FileConfig {
     discovery_interval_secs: Option<u64>,
     threads: Option<usize>,
     max_attempts: Option<u32>,
+    metrics: Option<bool>,
     total_timeout_secs: Option<f64>,
     shutdown_grace_secs: Option<u64>,
     header_timeout_secs: Option<u64>,
@@ -116,6 +117,8 @@ pub struct Config {
     pub header_timeout: Duration,
     /// Request line and headers together; larger heads get 431.
     pub max_header_bytes: usize,
+    /// Record metrics and serve `GET /metrics`.
+    pub metrics: bool,
     /// Client connections served at once (`None`: no cap but the open-files limit).
     pub max_connections: Option<usize>,
     pub health: HealthPolicy,
@@ -280,6 +283,7 @@ impl Config {
             header_timeout: Duration::from_secs(header_timeout_secs),
             max_header_bytes,
             max_connections: file.max_connections,
+            metrics: file.metrics.unwrap_or(true),
             health,
             probe_timeout,
             fallbacks: fallbacks(file.fallbacks.unwrap_or_default())?,

@@ -7,6 +7,7 @@ pub mod downstream;
 pub mod endpoint;
 pub mod error;
 pub mod health;
+pub mod metrics;
 pub mod mock;
 pub mod openai;
 pub mod proxy;
@@ -44,6 +45,9 @@ const DOWNSTREAM_BUFFERS: L4BufferSettings = L4BufferSettings {
 pub fn build_server(config: &Config) -> (Server, Signals) {
     let mut server = Server::new_with_opt_and_conf(None, config.server_conf());
     server.bootstrap();
+    if config.metrics {
+        metrics::enable();
+    }
     let routes = routes::empty_routes();
     let discovery = Discovery::new(
         config.endpoints.clone(),

@@ -111,6 +111,12 @@ impl Discovery {
             .collect();
         let mut remaining = polls.len();
         while let Some((index, result)) = polls.next().await {
+            if let Some(m) = crate::metrics::get() {
+                let result_label = if result.is_ok() { "ok" } else { "failed" };
+                m.discovery_runs
+                    .with_label_values(&[states[index].endpoint.name.as_str(), result_label])
+                    .inc();
+            }
             states[index].record(result, SystemTime::now());
             remaining -= 1;
             let ready = !first || remaining == 0;

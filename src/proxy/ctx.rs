@@ -2,6 +2,7 @@
 //! move to another endpoint.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use http::HeaderValue;
 use pingora::proxy::Session;
@@ -53,6 +54,10 @@ pub struct RequestCtx {
     pub(super) watchdog: Option<watchdog::Watchdog>,
     /// `x-request-id`: the client's, or one made for it; sent upstream and on the response.
     pub(super) request_id: Option<HeaderValue>,
+    /// When the request head was read (the client's, for a large-body subrequest).
+    pub(super) started: Option<Instant>,
+    /// The gateway's own time until the request first went upstream has been recorded.
+    pub(super) overhead_recorded: bool,
 }
 
 impl RequestCtx {
@@ -121,6 +126,11 @@ impl RequestCtx {
 
 /// Count a failure against an endpoint, and say so when that ejects it.
 pub(super) fn blame(ep: &Endpoint, why: &str) {
+    if let Some(m) = crate::metrics::get() {
+        m.upstream_failures
+            .with_label_values(&[ep.name.as_str(), why])
+            .inc();
+    }
     if let Some(cooldown) = ep.health.record_failure() {
         log::warn!(
             "health: {} ejected for {:.1} s after consecutive failures (last: {why})",

@@ -25,6 +25,8 @@ pub(super) struct SubrequestRoute {
     pub can_fall_back: bool,
     /// The client session's request id (the subrequest's copied head may not have it).
     pub request_id: Option<http::HeaderValue>,
+    /// When the client's request head was read.
+    pub started: Option<std::time::Instant>,
 }
 
 /// The client session's record of its subrequests' attempts.
@@ -34,6 +36,8 @@ pub(super) struct Attempts {
     tried: Mutex<Vec<usize>>,
     /// The last subrequest failed before answering and another attempt may succeed.
     retry: AtomicBool,
+    /// The upstream of the latest attempt (what the client's session reports as serving).
+    last: Mutex<Option<Arc<crate::upstream::Upstream>>>,
 }
 
 impl Attempts {
@@ -41,8 +45,13 @@ impl Attempts {
         self.lock().clone()
     }
 
-    pub fn push(&self, index: usize) {
-        self.lock().push(index);
+    pub fn push(&self, upstream: &Arc<crate::upstream::Upstream>) {
+        self.lock().push(upstream.index);
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(upstream.clone());
+    }
+
+    pub fn last(&self) -> Option<Arc<crate::upstream::Upstream>> {
+        self.last.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Forget the last attempt (a stale pooled connection: the endpoint is not to blame).

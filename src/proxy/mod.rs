@@ -19,7 +19,7 @@ mod watchdog;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -32,6 +32,7 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 
 use crate::config::Config;
 use crate::error::{ErrorKind, Rendered};
+use crate::metrics::secs;
 use crate::openai::{peek_model, PeekError};
 use crate::request_id;
 use crate::routes::{Routes, SharedRoutes};
@@ -142,6 +143,7 @@ impl Gateway {
                 attempts: attempts.clone(),
                 can_fall_back: ctx.fallbacks.as_ref().is_some_and(|f| f.available()),
                 request_id: ctx.request_id.clone(),
+                started: ctx.started,
             };
             let Some(spawner) = session.subrequest_spawner.as_ref() else {
                 return Err(ErrorKind::Internal.err("subrequest spawner missing"));
@@ -162,6 +164,7 @@ impl Gateway {
                 },
                 None => pipe.await,
             };
+            ctx.current = attempts.last();
             let error = match piped {
                 Ok(state) if state.header_received => return Ok(true),
                 Ok(_) => ErrorKind::UpstreamFailed.err("the upstream sent no response"),
@@ -242,6 +245,7 @@ impl ProxyHttp for Gateway {
         crate::downstream::head_read();
         RequestCtx {
             _active: Some(self.active.start()),
+            started: Some(Instant::now()),
             ..RequestCtx::default()
         }
     }
@@ -262,6 +266,7 @@ impl ProxyHttp for Gateway {
             ctx.tried = route.attempts.tried();
             ctx.parent = Some(route.attempts.clone());
             ctx.request_id = route.request_id.clone();
+            ctx.started = route.started;
             ctx.parent_can_fall_back = route.can_fall_back;
             let body_len = route.body_len;
             // Its request head is a copy of the client's as received: when the body was
@@ -281,6 +286,14 @@ impl ProxyHttp for Gateway {
                 "the request head is {head_bytes} bytes, over the limit of {}",
                 self.max_header_bytes
             )));
+        }
+        let scrape = req.uri.path() == "/metrics"
+            && (req.method == http::Method::GET || req.method == http::Method::HEAD);
+        if let Some(m) = crate::metrics::get().filter(|_| scrape) {
+            let text = m.render(&routes);
+            let id = ctx.request_id.as_ref();
+            respond::full(session, 200, respond::PROMETHEUS_TEXT, text, id).await?;
+            return Ok(true);
         }
         if let Some(answer) = local::answer(&req.method, req.uri.path(), &routes) {
             return match answer {
@@ -338,8 +351,13 @@ impl ProxyHttp for Gateway {
             }
         };
         ctx.tried.push(upstream.index);
+        if let Some(m) = crate::metrics::get() {
+            m.upstream_attempts
+                .with_label_values(&[upstream.endpoint.name.as_str()])
+                .inc();
+        }
         if let Some(parent) = &ctx.parent {
-            parent.push(upstream.index);
+            parent.push(&upstream);
         }
         let peer = Box::new(upstream.peer());
         // A retry's guard replaces (and so ends) the failed attempt's.
@@ -487,6 +505,9 @@ impl ProxyHttp for Gateway {
             return Err(ErrorKind::UpstreamFailed
                 .err("the ocf head could not forward the request to a peer"));
         }
+        if let (Some(m), Some(t)) = (crate::metrics::get(), ctx.started) {
+            m.time_to_first_byte.observe(secs(t.elapsed()));
+        }
         if let Some(name) = &ep.name_header {
             header.insert_header(ENDPOINT_HEADER, name.clone())?;
         }
@@ -517,6 +538,12 @@ impl ProxyHttp for Gateway {
             .as_ref()
             .ok_or_else(|| ErrorKind::Internal.err("no upstream chosen"))?;
         upstream.endpoint.rewrite_request(req)?;
+        if !ctx.overhead_recorded {
+            ctx.overhead_recorded = true;
+            if let (Some(m), Some(t)) = (crate::metrics::get(), ctx.started) {
+                m.overhead.observe(secs(t.elapsed()));
+            }
+        }
         if let Some(id) = &ctx.request_id {
             req.insert_header(request_id::HEADER, id.clone())?;
         }
@@ -655,14 +682,34 @@ impl ProxyHttp for Gateway {
         ctx.via_subrequest || matches!(e.etype(), ErrorType::CustomCode(_, s) if *s < 500)
     }
 
+    /// Once per client request (a large-body subrequest is part of its client's request).
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
-        if session.subrequest_ctx.is_none() {
-            crate::downstream::request_done();
-        }
-        if session.subrequest_ctx.is_some() || !log::log_enabled!(log::Level::Debug) {
+        if session.subrequest_ctx.is_some() {
             return;
         }
-        let status = session.response_written().map_or(0, |h| h.status.as_u16());
+        crate::downstream::request_done();
+        // No response at all: the client went away first (nginx's 499).
+        let status = session
+            .response_written()
+            .map_or(499, |h| h.status.as_u16());
+        if let Some(m) = crate::metrics::get() {
+            let endpoint = ctx
+                .current
+                .as_ref()
+                .map_or("", |u| u.endpoint.name.as_str());
+            // `StatusCode` keeps the digits as static text: no formatting per request.
+            let code = http::StatusCode::from_u16(status).ok();
+            let code = code.as_ref().map_or("other", |c| c.as_str());
+            m.requests
+                .with_label_values(&[ctx.model().unwrap_or(""), endpoint, code])
+                .inc();
+            if let Some(t) = ctx.started {
+                m.request_duration.observe(secs(t.elapsed()));
+            }
+        }
+        if !log::log_enabled!(log::Level::Debug) {
+            return;
+        }
         log::debug!(
             "{} {} model={} status={status} attempts={} error={}",
             session.req_header().method,

@@ -8,6 +8,9 @@ use pingora::Result;
 
 use crate::request_id;
 
+/// Prometheus' text exposition format.
+pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
 /// Write a complete JSON response, with the request's id. Keep-alive stays as the session
 /// has it.
 pub async fn json(
@@ -16,11 +19,22 @@ pub async fn json(
     body: Bytes,
     request_id: Option<&HeaderValue>,
 ) -> Result<()> {
+    full(session, status, "application/json", body, request_id).await
+}
+
+/// Write a complete response of this content type, with the request's id.
+pub async fn full(
+    session: &mut Session,
+    status: u16,
+    content_type: &'static str,
+    body: Bytes,
+    request_id: Option<&HeaderValue>,
+) -> Result<()> {
     let mut h = ResponseHeader::build(status, Some(4))?;
     if let Some(id) = request_id {
         h.insert_header(request_id::HEADER, id.clone())?;
     }
-    h.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+    h.insert_header(http::header::CONTENT_TYPE, content_type)?;
     h.set_content_length(body.len())?;
     h.insert_header(http::header::CACHE_CONTROL, "no-store")?;
     session.write_response_header(Box::new(h), false).await?;

@@ -1,0 +1,158 @@
+//! Prometheus metrics, `GET /metrics`. Labels are of low cardinality only: a model label is a
+//! model the gateway routes (never a name a client made up), an endpoint label a configured
+//! endpoint's name, a status an HTTP code. Per-endpoint gauges (in flight, health, models)
+//! are read when scraped, so the request path does not keep them.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use bytes::Bytes;
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::health::Status;
+use crate::routes::Routes;
+
+/// From 1 ms to about 2 minutes: LLM requests span that whole range.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+];
+/// The gateway's own time per request: microseconds to a few milliseconds.
+const OVERHEAD_BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1,
+];
+
+/// Every metric the gateway exports.
+pub struct Metrics {
+    registry: Registry,
+    pub requests: IntCounterVec,
+    pub request_duration: Histogram,
+    pub time_to_first_byte: Histogram,
+    pub overhead: Histogram,
+    pub upstream_attempts: IntCounterVec,
+    pub upstream_failures: IntCounterVec,
+    pub discovery_runs: IntCounterVec,
+    inflight: IntGaugeVec,
+    healthy: IntGaugeVec,
+    models: IntGaugeVec,
+}
+
+static METRICS: OnceLock<Metrics> = OnceLock::new();
+
+/// The process's metrics; `None` when the config turned them off (nothing is recorded).
+pub fn get() -> Option<&'static Metrics> {
+    METRICS.get()
+}
+
+/// Turn metrics on for this process (once; later calls keep the first).
+pub fn enable() {
+    METRICS.get_or_init(Metrics::new);
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry.register(Box::new(c.clone())).expect("unique name");
+            c
+        };
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry.register(Box::new(g.clone())).expect("unique name");
+            g
+        };
+        let histogram = |name: &str, help: &str, buckets: &[f64]| {
+            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))
+                .expect("valid metric");
+            registry.register(Box::new(h.clone())).expect("unique name");
+            h
+        };
+        Metrics {
+            requests: counter(
+                "ai_proxy_requests_total",
+                "Requests answered, by routed model, serving endpoint and the HTTP status sent to the client (endpoint \"\" when the gateway answered itself).",
+                &["model", "endpoint", "status"],
+            ),
+            request_duration: histogram(
+                "ai_proxy_request_duration_seconds",
+                "From the request head to the end of the response.",
+                LATENCY_BUCKETS,
+            ),
+            time_to_first_byte: histogram(
+                "ai_proxy_time_to_first_byte_seconds",
+                "From the request head to the proxied response head (streams and non-streams).",
+                LATENCY_BUCKETS,
+            ),
+            overhead: histogram(
+                "ai_proxy_overhead_seconds",
+                "The gateway's own time per proxied request: from the request head to the request going upstream (reading and routing the body); upstream time excluded.",
+                OVERHEAD_BUCKETS,
+            ),
+            upstream_attempts: counter(
+                "ai_proxy_upstream_attempts_total",
+                "Attempts sent to an endpoint (a request that failed over counts one per endpoint tried).",
+                &["endpoint"],
+            ),
+            upstream_failures: counter(
+                "ai_proxy_upstream_failures_total",
+                "Attempts that failed, by endpoint and reason.",
+                &["endpoint", "reason"],
+            ),
+            discovery_runs: counter(
+                "ai_proxy_discovery_runs_total",
+                "Discovery polls (the active health probes), by endpoint and result (ok, failed).",
+                &["endpoint", "result"],
+            ),
+            inflight: gauge(
+                "ai_proxy_inflight_requests",
+                "Requests sent to an endpoint whose response has not ended.",
+                &["endpoint"],
+            ),
+            healthy: gauge(
+                "ai_proxy_endpoint_healthy",
+                "1 when the endpoint's last poll succeeded and it is in service, else 0.",
+                &["endpoint"],
+            ),
+            models: gauge(
+                "ai_proxy_endpoint_models",
+                "Models an endpoint serves, as of its last good poll.",
+                &["endpoint"],
+            ),
+            registry,
+        }
+    }
+
+    /// The text exposition, with the per-endpoint gauges read from `routes` now.
+    pub fn render(&self, routes: &Routes) -> Bytes {
+        for (ep, view) in &routes.endpoint_views {
+            let name = [ep.name.as_str()];
+            self.inflight
+                .with_label_values(&name)
+                .set(i64::try_from(ep.in_flight()).unwrap_or(i64::MAX));
+            let polled_ok = view.get("healthy").and_then(|v| v.as_bool()) == Some(true);
+            let healthy = polled_ok && ep.health.status() == Status::Healthy;
+            self.healthy
+                .with_label_values(&name)
+                .set(i64::from(healthy));
+            let models = view
+                .get("models")
+                .and_then(|m| m.as_array())
+                .map_or(0, Vec::len);
+            self.models
+                .with_label_values(&name)
+                .set(i64::try_from(models).unwrap_or(i64::MAX));
+        }
+        let mut out = Vec::with_capacity(16 * 1024);
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            log::error!("metrics: cannot encode: {e}");
+        }
+        Bytes::from(out)
+    }
+}
+
+/// Seconds as a histogram value.
+pub fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}

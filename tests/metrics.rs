@@ -1,0 +1,144 @@
+//! `GET /metrics`: known traffic, then exact deltas of the counters and histogram counts.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use ai_proxy::mock::Fault;
+use common::*;
+
+/// One scrape: `name{labels}` (labels as the exposition writes them, sorted) → value.
+async fn scrape(gw: &Gateway) -> HashMap<String, f64> {
+    let r = get(&gw.at("/metrics")).await;
+    assert_eq!(r.status, 200);
+    assert!(r
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/plain; version=0.0.4"));
+    r.text()
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| {
+            let (k, v) = l.rsplit_once(' ').expect("`series value`");
+            (k.to_string(), v.parse().expect("a number"))
+        })
+        .collect()
+}
+
+/// `after - before` for a series (absent counts as 0).
+fn delta(before: &HashMap<String, f64>, after: &HashMap<String, f64>, series: &str) -> f64 {
+    after.get(series).copied().unwrap_or(0.0) - before.get(series).copied().unwrap_or(0.0)
+}
+
+fn requests(model: &str, endpoint: &str, status: u16) -> String {
+    format!(
+        "ai_proxy_requests_total{{endpoint=\"{endpoint}\",model=\"{model}\",status=\"{status}\"}}"
+    )
+}
+
+async fn gateway(mocks: &[&MockServer], extra: &str) -> Gateway {
+    let mut yaml = format!("listen: \"127.0.0.1:{{port}}\"\nthreads: 2\n{extra}\nendpoints:\n");
+    for m in mocks {
+        yaml.push_str(&format!("  - url: {}\n    name: {}\n", m.url(), m.name()));
+    }
+    let gw = Gateway::start(&yaml).await;
+    for m in mocks {
+        let listed = || async {
+            endpoint_named(&gw, m.name()).await["models"]
+                .as_array()
+                .is_some_and(|a| !a.is_empty())
+        };
+        assert!(poll_until(Duration::from_secs(10), listed).await.is_some());
+    }
+    gw
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn known_traffic_gives_exact_deltas() {
+    let mock = start_mock(MockConfig::openai("up", ["m"])).await;
+    let gw = gateway(&[&mock], "").await;
+
+    let before = scrape(&gw).await;
+    for _ in 0..3 {
+        assert_eq!(post_chat(&gw, "m", &[]).await.status, 200);
+    }
+    for _ in 0..2 {
+        assert_eq!(post_chat(&gw, "no-such-model", &[]).await.status, 404);
+    }
+    let mut s = post_stream(&gw.at("/v1/chat/completions"), chat_body("m", true), &[]).await;
+    s.read_to_end().await;
+    assert_eq!(get(&gw.at("/v1/models")).await.status, 200);
+    let after = scrape(&gw).await;
+
+    assert_eq!(
+        delta(&before, &after, &requests("m", "up", 200)),
+        4.0,
+        "3 JSON + 1 stream"
+    );
+    assert_eq!(
+        delta(&before, &after, &requests("", "", 404)),
+        2.0,
+        "unknown models are never a label"
+    );
+    assert!(!after.keys().any(|k| k.contains("no-such-model")));
+    // The local answers: /v1/models, and the first scrape (counted once it was sent).
+    assert_eq!(delta(&before, &after, &requests("", "", 200)), 2.0);
+    let d = |s: &str| delta(&before, &after, s);
+    assert_eq!(d("ai_proxy_request_duration_seconds_count"), 8.0);
+    assert_eq!(
+        d("ai_proxy_time_to_first_byte_seconds_count"),
+        4.0,
+        "proxied answers only"
+    );
+    assert_eq!(d("ai_proxy_overhead_seconds_count"), 4.0);
+    assert_eq!(d("ai_proxy_upstream_attempts_total{endpoint=\"up\"}"), 4.0);
+
+    assert_eq!(after["ai_proxy_endpoint_healthy{endpoint=\"up\"}"], 1.0);
+    assert_eq!(after["ai_proxy_endpoint_models{endpoint=\"up\"}"], 1.0);
+    assert_eq!(after["ai_proxy_inflight_requests{endpoint=\"up\"}"], 0.0);
+    assert!(after["ai_proxy_discovery_runs_total{endpoint=\"up\",result=\"ok\"}"] >= 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_counts_both_attempts_and_the_failure() {
+    let bad = start_mock(MockConfig::openai("bad", ["m"])).await;
+    let good = start_mock(MockConfig::openai("good", ["m"])).await;
+    let gw = gateway(&[&bad, &good], "").await;
+    bad.set_fault(Some(Fault::Status {
+        status: 503,
+        retry_after: None,
+    }));
+
+    let before = scrape(&gw).await;
+    // Round robin: within two requests one goes to `bad` first and fails over.
+    for _ in 0..2 {
+        let r = post_chat(&gw, "m", &[]).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("x-ai-proxy-endpoint"), Some("good"));
+    }
+    let after = scrape(&gw).await;
+    let d = |s: &str| delta(&before, &after, s);
+    assert_eq!(d(&requests("m", "good", 200)), 2.0);
+    // Each attempt on `bad` failed with its 503 and was retried on `good`.
+    let on_bad = d("ai_proxy_upstream_attempts_total{endpoint=\"bad\"}");
+    assert!((1.0..=2.0).contains(&on_bad), "{on_bad}");
+    assert_eq!(
+        d("ai_proxy_upstream_attempts_total{endpoint=\"good\"}"),
+        2.0
+    );
+    assert_eq!(
+        d("ai_proxy_upstream_failures_total{endpoint=\"bad\",reason=\"503\"}"),
+        on_bad
+    );
+    assert_eq!(d("ai_proxy_time_to_first_byte_seconds_count"), 2.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_can_be_turned_off() {
+    let mock = start_mock(MockConfig::openai("up", ["m"])).await;
+    let gw = gateway(&[&mock], "metrics: false").await;
+    assert_eq!(post_chat(&gw, "m", &[]).await.status, 200);
+    let r = get(&gw.at("/metrics")).await;
+    assert_openai_error(&r, 404, "not_found");
+}
