@@ -26,6 +26,29 @@ async fn scrape(gw: &Gateway) -> HashMap<String, f64> {
         .collect()
 }
 
+/// Sum of every `ai_proxy_requests_total` series.
+fn total_requests(m: &HashMap<String, f64>) -> f64 {
+    m.iter()
+        .filter(|(k, _)| k.starts_with("ai_proxy_requests_total{"))
+        .map(|(_, v)| v)
+        .sum()
+}
+
+/// A scrape taken once earlier requests are all counted: a request is counted just after its
+/// answer, so one the client already saw may be counted a moment later. Settled when the next
+/// scrape finds exactly one more request, its predecessor scrape (bounded).
+async fn settled_scrape(gw: &Gateway) -> HashMap<String, f64> {
+    let mut last = scrape(gw).await;
+    for _ in 0..50 {
+        let next = scrape(gw).await;
+        if total_requests(&next) - total_requests(&last) == 1.0 {
+            return next;
+        }
+        last = next;
+    }
+    panic!("request counts never settled");
+}
+
 /// `after - before` for a series (absent counts as 0).
 fn delta(before: &HashMap<String, f64>, after: &HashMap<String, f64>, series: &str) -> f64 {
     after.get(series).copied().unwrap_or(0.0) - before.get(series).copied().unwrap_or(0.0)
@@ -59,7 +82,7 @@ async fn known_traffic_gives_exact_deltas() {
     let mock = start_mock(MockConfig::openai("up", ["m"])).await;
     let gw = gateway(&[&mock], "").await;
 
-    let before = scrape(&gw).await;
+    let before = settled_scrape(&gw).await;
     for _ in 0..3 {
         assert_eq!(post_chat(&gw, "m", &[]).await.status, 200);
     }
@@ -68,8 +91,8 @@ async fn known_traffic_gives_exact_deltas() {
     }
     let mut s = post_stream(&gw.at("/v1/chat/completions"), chat_body("m", true), &[]).await;
     s.read_to_end().await;
-    assert_eq!(get(&gw.at("/v1/models")).await.status, 200);
-    let after = scrape(&gw).await;
+    assert_eq!(get(&gw.at("/v1/models/unknown")).await.status, 404);
+    let after = settled_scrape(&gw).await;
 
     assert_eq!(
         delta(&before, &after, &requests("m", "up", 200)),
@@ -78,14 +101,14 @@ async fn known_traffic_gives_exact_deltas() {
     );
     assert_eq!(
         delta(&before, &after, &requests("", "", 404)),
-        2.0,
-        "unknown models are never a label"
+        3.0,
+        "2 unknown models and 1 unknown /v1/models/{{id}}: never a model label"
     );
     assert!(!after.keys().any(|k| k.contains("no-such-model")));
-    // The local answers: /v1/models, and the first scrape (counted once it was sent).
-    assert_eq!(delta(&before, &after, &requests("", "", 200)), 2.0);
     let d = |s: &str| delta(&before, &after, s);
-    assert_eq!(d("ai_proxy_request_duration_seconds_count"), 8.0);
+    // Every counted request (the scrapes too) has its duration observed once.
+    let counted = total_requests(&after) - total_requests(&before);
+    assert_eq!(d("ai_proxy_request_duration_seconds_count"), counted);
     assert_eq!(
         d("ai_proxy_time_to_first_byte_seconds_count"),
         4.0,
@@ -96,7 +119,11 @@ async fn known_traffic_gives_exact_deltas() {
 
     assert_eq!(after["ai_proxy_endpoint_healthy{endpoint=\"up\"}"], 1.0);
     assert_eq!(after["ai_proxy_endpoint_models{endpoint=\"up\"}"], 1.0);
-    assert_eq!(after["ai_proxy_inflight_requests{endpoint=\"up\"}"], 0.0);
+    let idle = || async { scrape(&gw).await["ai_proxy_inflight_requests{endpoint=\"up\"}"] == 0.0 };
+    assert!(
+        poll_until(Duration::from_secs(5), idle).await.is_some(),
+        "in flight back to 0"
+    );
     assert!(after["ai_proxy_discovery_runs_total{endpoint=\"up\",result=\"ok\"}"] >= 1.0);
 }
 
@@ -110,14 +137,14 @@ async fn a_failover_counts_both_attempts_and_the_failure() {
         retry_after: None,
     }));
 
-    let before = scrape(&gw).await;
+    let before = settled_scrape(&gw).await;
     // Round robin: within two requests one goes to `bad` first and fails over.
     for _ in 0..2 {
         let r = post_chat(&gw, "m", &[]).await;
         assert_eq!(r.status, 200);
         assert_eq!(r.header("x-ai-proxy-endpoint"), Some("good"));
     }
-    let after = scrape(&gw).await;
+    let after = settled_scrape(&gw).await;
     let d = |s: &str| delta(&before, &after, s);
     assert_eq!(d(&requests("m", "good", 200)), 2.0);
     // Each attempt on `bad` failed with its 503 and was retried on `good`.
