@@ -11,6 +11,7 @@ use pingora::protocols::tls::CaType;
 use pingora::server::configuration::ServerConf;
 use serde::Deserialize;
 
+use crate::access_log;
 use crate::endpoint::{redact_userinfo, ApiKey, Endpoint, EndpointKind, Timeouts};
 use crate::health::HealthPolicy;
 
@@ -47,6 +48,7 @@ struct FileConfig {
     threads: Option<usize>,
     max_attempts: Option<u32>,
     metrics: Option<bool>,
+    access_log: Option<String>,
     total_timeout_secs: Option<f64>,
     shutdown_grace_secs: Option<u64>,
     header_timeout_secs: Option<u64>,
@@ -119,6 +121,8 @@ pub struct Config {
     pub max_header_bytes: usize,
     /// Record metrics and serve `GET /metrics`.
     pub metrics: bool,
+    /// Where the access log goes.
+    pub access_log: access_log::Target,
     /// Client connections served at once (`None`: no cap but the open-files limit).
     pub max_connections: Option<usize>,
     pub health: HealthPolicy,
@@ -284,6 +288,12 @@ impl Config {
             max_header_bytes,
             max_connections: file.max_connections,
             metrics: file.metrics.unwrap_or(true),
+            access_log: match file.access_log.as_deref().map(str::trim) {
+                None | Some("stdout") => access_log::Target::Stdout,
+                Some("off") => access_log::Target::Off,
+                Some("") => return Err("access_log: give stdout, off or a file path".into()),
+                Some(path) => access_log::Target::File(PathBuf::from(path)),
+            },
             health,
             probe_timeout,
             fallbacks: fallbacks(file.fallbacks.unwrap_or_default())?,

@@ -1,6 +1,7 @@
 //! ai-proxy: an OpenAI-compatible gateway on Pingora that routes each request by its `model`
 //! across OpenAI-compatible and OCF endpoints.
 
+pub mod access_log;
 pub mod config;
 pub mod discovery;
 pub mod downstream;

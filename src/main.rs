@@ -67,6 +67,13 @@ fn main() -> ExitCode {
         eprintln!("ai-proxy: cannot listen on {}: {e}", config.listen);
         return ExitCode::FAILURE;
     }
+    if let Err(e) = ai_proxy::access_log::start(&config.access_log) {
+        eprintln!(
+            "ai-proxy: access_log: cannot open {:?}: {e}",
+            config.access_log
+        );
+        return ExitCode::FAILURE;
+    }
     raise_open_file_limit();
     log::info!(
         "ai-proxy {} starting: {}",

@@ -58,6 +58,8 @@ pub struct RequestCtx {
     pub(super) started: Option<Instant>,
     /// The gateway's own time until the request first went upstream has been recorded.
     pub(super) overhead_recorded: bool,
+    /// From the request head to the proxied response head.
+    pub(super) ttfb: Option<std::time::Duration>,
 }
 
 impl RequestCtx {

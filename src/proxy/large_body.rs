@@ -38,6 +38,8 @@ pub(super) struct Attempts {
     retry: AtomicBool,
     /// The upstream of the latest attempt (what the client's session reports as serving).
     last: Mutex<Option<Arc<crate::upstream::Upstream>>>,
+    /// The time to first byte the answering subrequest saw.
+    ttfb: Mutex<Option<Duration>>,
 }
 
 impl Attempts {
@@ -48,6 +50,14 @@ impl Attempts {
     pub fn push(&self, upstream: &Arc<crate::upstream::Upstream>) {
         self.lock().push(upstream.index);
         *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(upstream.clone());
+    }
+
+    pub fn set_ttfb(&self, ttfb: Duration) {
+        *self.ttfb.lock().unwrap_or_else(|e| e.into_inner()) = Some(ttfb);
+    }
+
+    pub fn ttfb(&self) -> Option<Duration> {
+        *self.ttfb.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn last(&self) -> Option<Arc<crate::upstream::Upstream>> {

@@ -165,6 +165,8 @@ impl Gateway {
                 None => pipe.await,
             };
             ctx.current = attempts.last();
+            ctx.ttfb = attempts.ttfb();
+            ctx.tried = attempts.tried();
             let error = match piped {
                 Ok(state) if state.header_received => return Ok(true),
                 Ok(_) => ErrorKind::UpstreamFailed.err("the upstream sent no response"),
@@ -192,6 +194,37 @@ impl Gateway {
             }
         }
         Err(ErrorKind::UpstreamFailed.err("no attempt left for this request"))
+    }
+}
+
+impl Gateway {
+    fn access_log(&self, session: &Session, e: Option<&Error>, ctx: &RequestCtx, status: u16) {
+        use crate::access_log::{ms, now_rfc3339, write, Entry};
+        let req = session.req_header();
+        let error = e.map(|e| match e.etype() {
+            ErrorType::CustomCode(code, _) => *code,
+            other => other.as_str(),
+        });
+        write(&Entry {
+            time: now_rfc3339(),
+            request_id: ctx
+                .request_id
+                .as_ref()
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or(""),
+            method: req.method.as_str(),
+            path: req.uri.path(),
+            model: ctx.model(),
+            endpoint: ctx.current.as_ref().map(|u| u.endpoint.name.as_str()),
+            status,
+            attempts: ctx.tried.len(),
+            ttfb_ms: ctx.ttfb.map(ms),
+            duration_ms: ctx.started.map(|t| ms(t.elapsed())),
+            bytes_in: session.as_downstream().body_bytes_read(),
+            bytes_out: session.as_downstream().body_bytes_sent(),
+            tokens: None,
+            error,
+        });
     }
 }
 
@@ -505,8 +538,15 @@ impl ProxyHttp for Gateway {
             return Err(ErrorKind::UpstreamFailed
                 .err("the ocf head could not forward the request to a peer"));
         }
-        if let (Some(m), Some(t)) = (crate::metrics::get(), ctx.started) {
-            m.time_to_first_byte.observe(secs(t.elapsed()));
+        if let Some(t) = ctx.started {
+            let ttfb = t.elapsed();
+            ctx.ttfb = Some(ttfb);
+            if let Some(parent) = &ctx.parent {
+                parent.set_ttfb(ttfb);
+            }
+            if let Some(m) = crate::metrics::get() {
+                m.time_to_first_byte.observe(secs(ttfb));
+            }
         }
         if let Some(name) = &ep.name_header {
             header.insert_header(ENDPOINT_HEADER, name.clone())?;
@@ -706,6 +746,9 @@ impl ProxyHttp for Gateway {
             if let Some(t) = ctx.started {
                 m.request_duration.observe(secs(t.elapsed()));
             }
+        }
+        if crate::access_log::enabled() {
+            self.access_log(session, e, ctx, status);
         }
         if !log::log_enabled!(log::Level::Debug) {
             return;
