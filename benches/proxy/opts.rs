@@ -7,7 +7,11 @@
 use std::time::Duration;
 
 /// The systems the bench knows, in their default order.
-pub const ALL_SYSTEMS: [&str; 3] = ["direct", "ai-proxy", "nginx"];
+pub const ALL_SYSTEMS: [&str; 4] = ["direct", "ai-proxy", "nginx", "ai-proxy-bare"];
+
+/// Run only when asked for by name: the gateway with metrics and access log off, to measure
+/// what they cost beside the default `ai-proxy`.
+const OPT_IN: &str = "ai-proxy-bare";
 
 pub const USAGE: &str = "\
 usage: cargo bench --bench proxy [-- OPTIONS]
@@ -16,7 +20,8 @@ usage: cargo bench --bench proxy [-- OPTIONS]
   --streams N[,M..]  concurrent stream counts to run (default 1000,10000)
   --stream-window N  streams connecting / awaiting their head at once (default: 3/4 of the
                      mock's listen backlog)
-  --systems A[,B..]  subset of direct,ai-proxy,nginx (default: all; nginx only if on PATH)
+  --systems A[,B..]  subset of direct,ai-proxy,nginx,ai-proxy-bare (default: the first three;
+                     nginx only if on PATH; ai-proxy-bare = metrics and access log off)
   --help             this text";
 
 /// What to run and for how long.
@@ -123,7 +128,7 @@ impl Opts {
     pub fn wants(&self, name: &str) -> bool {
         self.systems
             .as_ref()
-            .is_none_or(|s| s.iter().any(|n| n == name))
+            .map_or(name != OPT_IN, |s| s.iter().any(|n| n == name))
     }
 }
 

@@ -62,7 +62,14 @@ pub fn render(res: &[SystemResults], cx: &Context) -> String {
 fn describe(name: &str, cx: &Context) -> String {
     match name {
         "direct" => "direct = load generator → ai-proxy-mock".to_string(),
-        "ai-proxy" => format!("ai-proxy = → gateway ({} threads) → mock", cx.machine.cores),
+        "ai-proxy" => format!(
+            "ai-proxy = → gateway ({} threads; metrics on, access log to stdout) → mock",
+            cx.machine.cores
+        ),
+        "ai-proxy-bare" => format!(
+            "ai-proxy-bare = → gateway ({} threads; metrics and access log off) → mock",
+            cx.machine.cores
+        ),
         "nginx" => format!(
             "nginx = → nginx {} ({} workers, unbuffered, keepalive 256) → mock",
             cx.nginx_version.unwrap_or("?"),
