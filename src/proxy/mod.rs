@@ -340,7 +340,11 @@ impl ProxyHttp for Gateway {
         let original = body::read(session, self.max_body_bytes, self.body_deadline).await?;
         let target = self.target(session, &routes, &original)?;
         if let Target::Model { model, pool } = &target {
-            if let Some(models) = self.fallbacks.get(model) {
+            // Most configs have no fallbacks: skip hashing the model for nothing.
+            let fallbacks = (!self.fallbacks.is_empty())
+                .then(|| self.fallbacks.get(model))
+                .flatten();
+            if let Some(models) = fallbacks {
                 ctx.fallbacks = fallback::FallbackChain::new(original.clone(), models, &routes);
             }
             let in_service = pool.has_candidate(&[]);
