@@ -32,22 +32,9 @@ async fn gateway(mocks: &[&MockServer], probe_secs: u64, timeout_secs: u64) -> G
         .collect();
     let gw = Gateway::start(&config(&eps, probe_secs, timeout_secs)).await;
     for m in mocks {
-        wait_serving(&gw, m.name()).await;
+        wait_discovered(&gw, m.name()).await;
     }
     gw
-}
-
-/// Wait (bounded) until discovery has listed `name`'s models.
-async fn wait_serving(gw: &Gateway, name: &str) {
-    let listed = || async {
-        endpoint_named(gw, name).await["models"]
-            .as_array()
-            .is_some_and(|m| !m.is_empty())
-    };
-    assert!(
-        poll_until(Duration::from_secs(10), listed).await.is_some(),
-        "endpoint {name} was never discovered"
-    );
 }
 
 /// A mock serving `model` that answers every inference request with `status`.
@@ -348,7 +335,7 @@ async fn fallback_gateway(mocks: &[&MockServer]) -> Gateway {
     let yaml = config(&eps, 60, 10) + "fallbacks:\n  big: [gone, small]\n";
     let gw = Gateway::start(&yaml).await;
     for m in mocks {
-        wait_serving(&gw, m.name()).await;
+        wait_discovered(&gw, m.name()).await;
     }
     gw
 }

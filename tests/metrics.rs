@@ -67,12 +67,7 @@ async fn gateway(mocks: &[&MockServer], extra: &str) -> Gateway {
     }
     let gw = Gateway::start(&yaml).await;
     for m in mocks {
-        let listed = || async {
-            endpoint_named(&gw, m.name()).await["models"]
-                .as_array()
-                .is_some_and(|a| !a.is_empty())
-        };
-        assert!(poll_until(Duration::from_secs(10), listed).await.is_some());
+        wait_discovered(&gw, m.name()).await;
     }
     gw
 }

@@ -81,6 +81,19 @@ pub async fn endpoint_named(gw: &Gateway, name: &str) -> Value {
         .unwrap_or_else(|| panic!("endpoint {name} not in /v1/endpoints: {v}"))
 }
 
+/// Wait (bounded, 10 s) until discovery lists models for the endpoint `name`.
+pub async fn wait_discovered(gw: &Gateway, name: &str) {
+    let listed = || async {
+        endpoint_named(gw, name).await["models"]
+            .as_array()
+            .is_some_and(|m| !m.is_empty())
+    };
+    assert!(
+        poll_until(Duration::from_secs(10), listed).await.is_some(),
+        "endpoint {name} was never discovered"
+    );
+}
+
 /// Asserts one of the gateway's own OpenAI error answers: this status, a JSON content type, an
 /// `error` object with all four keys (`message`, `type`, `param`, `code`), this `code`, a
 /// non-empty `message`, and `type` `invalid_request_error` for a 4xx or `api_error` for a 5xx.

@@ -27,7 +27,7 @@ use bytes::Bytes;
 pub use self::api::{
     assert_openai_error, auth_headers, chat_body, endpoint_named, endpoints, endpoints_json,
     get_ok, inference_requests, last_stream, model_ids, models_json, poll_until, post_chat,
-    wait_stream_closed_early,
+    wait_discovered, wait_stream_closed_early,
 };
 pub use self::client::{
     get, post_json, post_stream, sse_data, try_get, Client, Conn, ReqBody, Resp, StreamResp,
