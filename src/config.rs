@@ -222,23 +222,27 @@ impl Config {
             None => file.timeout_secs.unwrap_or(DEFAULT_TIMEOUT_SECS),
         };
         positive("timeout_secs", timeout_secs)?;
-        let connect_timeout_secs = file
-            .connect_timeout_secs
-            .unwrap_or(DEFAULT_CONNECT_TIMEOUT_SECS);
-        positive("connect_timeout_secs", connect_timeout_secs)?;
-        let discovery_interval_secs = file
-            .discovery_interval_secs
-            .unwrap_or(DEFAULT_DISCOVERY_INTERVAL_SECS);
-        positive("discovery_interval_secs", discovery_interval_secs)?;
-        let max_body_bytes = file.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
-        positive("max_body_bytes", max_body_bytes as u64)?;
+        let connect_timeout_secs = positive_or(
+            "connect_timeout_secs",
+            file.connect_timeout_secs,
+            DEFAULT_CONNECT_TIMEOUT_SECS,
+        )?;
+        let discovery_interval_secs = positive_or(
+            "discovery_interval_secs",
+            file.discovery_interval_secs,
+            DEFAULT_DISCOVERY_INTERVAL_SECS,
+        )?;
+        let max_body_bytes = positive_or(
+            "max_body_bytes",
+            file.max_body_bytes,
+            DEFAULT_MAX_BODY_BYTES,
+        )?;
         let threads = match file.threads {
-            Some(n) => positive("threads", n as u64).map(|_| n)?,
+            Some(n) => positive("threads", n)?,
             None => std::thread::available_parallelism().map_or(1, |n| n.get()),
         };
 
-        let max_attempts = file.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS);
-        positive("max_attempts", u64::from(max_attempts))?;
+        let max_attempts = positive_or("max_attempts", file.max_attempts, DEFAULT_MAX_ATTEMPTS)?;
         let health_config = file.health.unwrap_or_default();
         let probe_timeout = health_config
             .probe_timeout_secs
@@ -255,14 +259,18 @@ impl Config {
                 .map(|s| seconds("total_timeout_secs", s))
                 .transpose()?,
         };
-        let header_timeout_secs = file
-            .header_timeout_secs
-            .unwrap_or(DEFAULT_HEADER_TIMEOUT_SECS);
-        positive("header_timeout_secs", header_timeout_secs)?;
-        let max_header_bytes = file.max_header_bytes.unwrap_or(DEFAULT_MAX_HEADER_BYTES);
-        positive("max_header_bytes", max_header_bytes as u64)?;
+        let header_timeout_secs = positive_or(
+            "header_timeout_secs",
+            file.header_timeout_secs,
+            DEFAULT_HEADER_TIMEOUT_SECS,
+        )?;
+        let max_header_bytes = positive_or(
+            "max_header_bytes",
+            file.max_header_bytes,
+            DEFAULT_MAX_HEADER_BYTES,
+        )?;
         if let Some(n) = file.max_connections {
-            positive("max_connections", n as u64)?;
+            positive("max_connections", n)?;
         }
         let shutdown_grace_secs = file
             .shutdown_grace_secs
@@ -387,21 +395,28 @@ fn health_policy(h: HealthConfig) -> Result<HealthPolicy, String> {
         ejection: secs("ejection_secs", h.ejection_secs, d.ejection)?,
         max_ejection: secs("max_ejection_secs", h.max_ejection_secs, d.max_ejection)?,
     };
-    positive(
-        "health.failure_threshold",
-        u64::from(policy.failure_threshold),
-    )?;
+    positive("health.failure_threshold", policy.failure_threshold)?;
     if policy.max_ejection < policy.ejection {
         return Err("health.max_ejection_secs: must not be less than ejection_secs".into());
     }
     Ok(policy)
 }
 
-fn positive(field: &str, v: u64) -> Result<(), String> {
-    if v == 0 {
+/// `value` (or `default` when unset), which must be greater than 0.
+fn positive_or<T: Copy + Default + PartialEq>(
+    field: &str,
+    value: Option<T>,
+    default: T,
+) -> Result<T, String> {
+    positive(field, value.unwrap_or(default))
+}
+
+/// `v`, which must be greater than 0.
+fn positive<T: Copy + Default + PartialEq>(field: &str, v: T) -> Result<T, String> {
+    if v == T::default() {
         Err(format!("{field}: must be greater than 0"))
     } else {
-        Ok(())
+        Ok(v)
     }
 }
 

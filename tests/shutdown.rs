@@ -24,6 +24,15 @@ async fn open_stream(gw: &Gateway) -> StreamResp {
     s
 }
 
+/// Wait (bounded) for the gateway to exit, and check it exited with code 0.
+async fn exits_cleanly(gw: &mut Gateway) {
+    let status = gw
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .expect("the gateway exits");
+    assert_eq!(status.code(), Some(0), "{}", gw.logs());
+}
+
 async fn refuses_connections(port: u16) -> bool {
     tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
@@ -62,11 +71,7 @@ async fn sigterm_lets_streams_in_flight_finish_then_exits_0() {
             "stream {i}"
         );
     }
-    let status = gw
-        .wait_exit(Duration::from_secs(10))
-        .await
-        .expect("the gateway exits");
-    assert_eq!(status.code(), Some(0), "{}", gw.logs());
+    exits_cleanly(&mut gw).await;
     assert!(
         signalled.elapsed() < Duration::from_secs(6),
         "exited once drained, not after the 20 s grace period: {:?}",
@@ -81,11 +86,7 @@ async fn sigterm_on_an_idle_gateway_exits_at_once() {
     assert_eq!(post_chat(&gw, "m", &[]).await.status, 200);
     let signalled = Instant::now();
     gw.signal("TERM");
-    let status = gw
-        .wait_exit(Duration::from_secs(10))
-        .await
-        .expect("the gateway exits");
-    assert_eq!(status.code(), Some(0), "{}", gw.logs());
+    exits_cleanly(&mut gw).await;
     assert!(
         signalled.elapsed() < Duration::from_secs(2),
         "{:?}",
@@ -102,11 +103,7 @@ async fn streams_outlasting_the_grace_period_are_stopped() {
     let mut s = open_stream(&gw).await;
     let signalled = Instant::now();
     gw.signal("TERM");
-    let status = gw
-        .wait_exit(Duration::from_secs(10))
-        .await
-        .expect("the gateway exits");
-    assert_eq!(status.code(), Some(0), "{}", gw.logs());
+    exits_cleanly(&mut gw).await;
     let took = signalled.elapsed();
     assert!(
         took >= Duration::from_millis(900) && took < Duration::from_secs(5),

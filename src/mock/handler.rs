@@ -196,19 +196,8 @@ async fn answer(
     if !ov.delay.is_zero() {
         tokio::time::sleep(ov.delay).await;
     }
-    if let Some(fault) = fault {
-        let resp = route(
-            shared,
-            &parts.method,
-            parts.uri.path(),
-            &path_and_query,
-            &body,
-            &ov,
-            n,
-        );
-        return faulty(shared, conn, &fault, resp);
-    }
-    if let Some(status) = ov.status {
+    // A set fault wins over `x-mock-status`; it shapes the normal answer (or replaces it).
+    if let (None, Some(status)) = (&fault, ov.status) {
         let msg = format!(
             "mock {}: forced status {} (x-mock-status)",
             shared.name,
@@ -216,7 +205,7 @@ async fn answer(
         );
         return error(shared, status, &msg, "mock_status");
     }
-    route(
+    let resp = route(
         shared,
         &parts.method,
         parts.uri.path(),
@@ -224,7 +213,11 @@ async fn answer(
         &body,
         &ov,
         n,
-    )
+    );
+    match fault {
+        Some(fault) => faulty(shared, conn, &fault, resp),
+        None => resp,
+    }
 }
 
 /// `Fault::Hang`: never answer. Hyper drops this future when the client closes the connection
