@@ -18,6 +18,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
+use crate::usage::Tokens;
+
 /// Where the lines go (`access_log:` in the config).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
@@ -100,12 +102,6 @@ pub struct Entry<'a> {
     pub bytes_out: usize,
     pub tokens: Option<Tokens>,
     pub error: Option<&'a str>,
-}
-
-#[derive(Debug, Clone, Copy, Serialize)]
-pub struct Tokens {
-    pub prompt: u64,
-    pub completion: u64,
 }
 
 /// Queue one line (dropped, and counted, if the writer is that far behind).

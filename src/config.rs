@@ -49,6 +49,7 @@ struct FileConfig {
     max_attempts: Option<u32>,
     metrics: Option<bool>,
     access_log: Option<String>,
+    stream_usage: Option<StreamUsage>,
     total_timeout_secs: Option<f64>,
     shutdown_grace_secs: Option<u64>,
     header_timeout_secs: Option<u64>,
@@ -92,6 +93,18 @@ struct TimeoutsConfig {
     total_secs: Option<f64>,
 }
 
+/// `stream_usage:`: whether the gateway asks upstreams for a stream's usage chunk.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StreamUsage {
+    /// Streams carry usage when their client asks (`stream_options.include_usage`).
+    #[default]
+    Client,
+    /// Every chat or completions stream asks for usage; the usage chunk is removed from what a
+    /// client that did not ask receives, so tokens are counted for every stream.
+    Force,
+}
+
 /// Where the endpoints came from (shown at start-up).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
@@ -123,6 +136,7 @@ pub struct Config {
     pub metrics: bool,
     /// Where the access log goes.
     pub access_log: access_log::Target,
+    pub stream_usage: StreamUsage,
     /// Client connections served at once (`None`: no cap but the open-files limit).
     pub max_connections: Option<usize>,
     pub health: HealthPolicy,
@@ -302,6 +316,7 @@ impl Config {
                 Some("") => return Err("access_log: give stdout, off or a file path".into()),
                 Some(path) => access_log::Target::File(PathBuf::from(path)),
             },
+            stream_usage: file.stream_usage.unwrap_or_default(),
             health,
             probe_timeout,
             fallbacks: fallbacks(file.fallbacks.unwrap_or_default())?,
@@ -605,6 +620,11 @@ endpoints:
         assert_eq!(c.endpoints[2].kind, EndpointKind::Ocf);
         assert_eq!(c.endpoints[2].name, "ocf-head:8092");
         assert!(matches!(c.source, Source::Yaml(_)));
+        assert_eq!(c.stream_usage, StreamUsage::Client);
+        assert_eq!(
+            yaml("stream_usage: force").unwrap().stream_usage,
+            StreamUsage::Force
+        );
     }
 
     #[test]
@@ -616,6 +636,7 @@ endpoints:
             ("endpoints:\n  - url: http://a\n    type: grpc\n", "type"),
             ("endpoints:\n  - url: nope\n", "endpoints[0].url"),
             ("listen: localhost\n", "listen"),
+            ("stream_usage: always\n", "stream_usage"),
             ("timeout_secs: 0\n", "timeout_secs"),
             (
                 "endpoints:\n  - url: http://a\n    api_key_env: AI_PROXY_TEST_UNSET\n",

@@ -16,6 +16,7 @@ pub mod request_id;
 pub mod routes;
 pub mod shutdown;
 pub mod upstream;
+pub mod usage;
 
 use pingora::listeners::ListenerConfig;
 use pingora::protocols::l4::stream::L4BufferSettings;

@@ -13,6 +13,7 @@ use prometheus::{
 
 use crate::health::Status;
 use crate::routes::Routes;
+use crate::usage::Tokens;
 
 /// From 1 ms to about 2 minutes: LLM requests span that whole range.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -33,6 +34,7 @@ pub struct Metrics {
     pub upstream_attempts: IntCounterVec,
     pub upstream_failures: IntCounterVec,
     pub discovery_runs: IntCounterVec,
+    tokens: IntCounterVec,
     inflight: IntGaugeVec,
     healthy: IntGaugeVec,
     models: IntGaugeVec,
@@ -105,6 +107,11 @@ impl Metrics {
                 "Discovery polls (the active health probes), by endpoint and result (ok, failed).",
                 &["endpoint", "result"],
             ),
+            tokens: counter(
+                "ai_proxy_tokens_total",
+                "Tokens of answered requests, by routed model, serving endpoint and kind (prompt, completion), from the `usage` of JSON answers and of a stream's usage chunk.",
+                &["model", "endpoint", "kind"],
+            ),
             inflight: gauge(
                 "ai_proxy_inflight_requests",
                 "Requests sent to an endpoint whose response has not ended.",
@@ -121,6 +128,15 @@ impl Metrics {
                 &["endpoint"],
             ),
             registry,
+        }
+    }
+
+    /// Count one answer's tokens.
+    pub fn count_tokens(&self, model: &str, endpoint: &str, tokens: Tokens) {
+        for (kind, n) in [("prompt", tokens.prompt), ("completion", tokens.completion)] {
+            self.tokens
+                .with_label_values(&[model, endpoint, kind])
+                .inc_by(n);
         }
     }
 

@@ -132,6 +132,11 @@ async fn one_json_line_per_request_and_never_a_key() {
     assert!(
         ok_line["bytes_in"].as_u64().unwrap() > 0 && ok_line["bytes_out"].as_u64().unwrap() > 0
     );
+    assert_eq!(
+        ok_line["tokens"],
+        serde_json::json!({"prompt": 5, "completion": 5})
+    );
+    assert_eq!(got[3]["tokens"], Value::Null, "a stream without usage");
     assert_eq!(got[1]["status"], 404);
     assert_eq!(
         got[1]["model"],

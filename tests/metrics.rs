@@ -2,80 +2,15 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use ai_proxy::mock::Fault;
 use common::*;
 
-/// One scrape: `name{labels}` (labels as the exposition writes them, sorted) → value.
-async fn scrape(gw: &Gateway) -> HashMap<String, f64> {
-    let r = get(&gw.at("/metrics")).await;
-    assert_eq!(r.status, 200);
-    assert!(r
-        .header("content-type")
-        .unwrap()
-        .starts_with("text/plain; version=0.0.4"));
-    r.text()
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .map(|l| {
-            let (k, v) = l.rsplit_once(' ').expect("`series value`");
-            (k.to_string(), v.parse().expect("a number"))
-        })
-        .collect()
-}
-
-/// Sum of every `ai_proxy_requests_total` series.
-fn total_requests(m: &HashMap<String, f64>) -> f64 {
-    m.iter()
-        .filter(|(k, _)| k.starts_with("ai_proxy_requests_total{"))
-        .map(|(_, v)| v)
-        .sum()
-}
-
-/// A scrape taken once earlier requests are all counted: a request is counted just after its
-/// answer, so one the client already saw may be counted a moment later. Settled when the next
-/// scrape finds exactly one more request, its predecessor scrape (bounded).
-async fn settled_scrape(gw: &Gateway) -> HashMap<String, f64> {
-    let mut last = scrape(gw).await;
-    for _ in 0..50 {
-        let next = scrape(gw).await;
-        if total_requests(&next) - total_requests(&last) == 1.0 {
-            return next;
-        }
-        last = next;
-    }
-    panic!("request counts never settled");
-}
-
-/// `after - before` for a series (absent counts as 0).
-fn delta(before: &HashMap<String, f64>, after: &HashMap<String, f64>, series: &str) -> f64 {
-    after.get(series).copied().unwrap_or(0.0) - before.get(series).copied().unwrap_or(0.0)
-}
-
-fn requests(model: &str, endpoint: &str, status: u16) -> String {
-    format!(
-        "ai_proxy_requests_total{{endpoint=\"{endpoint}\",model=\"{model}\",status=\"{status}\"}}"
-    )
-}
-
-async fn gateway(mocks: &[&MockServer], extra: &str) -> Gateway {
-    let mut yaml = format!("listen: \"127.0.0.1:{{port}}\"\nthreads: 2\n{extra}\nendpoints:\n");
-    for m in mocks {
-        yaml.push_str(&format!("  - url: {}\n    name: {}\n", m.url(), m.name()));
-    }
-    let gw = Gateway::start(&yaml).await;
-    for m in mocks {
-        wait_discovered(&gw, m.name()).await;
-    }
-    gw
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn known_traffic_gives_exact_deltas() {
     let mock = start_mock(MockConfig::openai("up", ["m"])).await;
-    let gw = gateway(&[&mock], "").await;
+    let gw = Gateway::over(&[&mock], "").await;
 
     let before = settled_scrape(&gw).await;
     for _ in 0..3 {
@@ -126,7 +61,7 @@ async fn known_traffic_gives_exact_deltas() {
 async fn a_failover_counts_both_attempts_and_the_failure() {
     let bad = start_mock(MockConfig::openai("bad", ["m"])).await;
     let good = start_mock(MockConfig::openai("good", ["m"])).await;
-    let gw = gateway(&[&bad, &good], "").await;
+    let gw = Gateway::over(&[&bad, &good], "").await;
     bad.set_fault(Some(Fault::Status {
         status: 503,
         retry_after: None,
@@ -159,7 +94,7 @@ async fn a_failover_counts_both_attempts_and_the_failure() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_can_be_turned_off() {
     let mock = start_mock(MockConfig::openai("up", ["m"])).await;
-    let gw = gateway(&[&mock], "metrics: false").await;
+    let gw = Gateway::over(&[&mock], "metrics: false").await;
     assert_eq!(post_chat(&gw, "m", &[]).await.status, 200);
     let r = get(&gw.at("/metrics")).await;
     assert_openai_error(&r, 404, "not_found");

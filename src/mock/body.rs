@@ -116,7 +116,6 @@ enum Phase {
 pub(crate) struct SseBody {
     completion: Completion,
     interval: Duration,
-    include_usage: bool,
     phase: Phase,
     sleep: Option<Pin<Box<Sleep>>>,
     /// Return `Pending` once after each frame so hyper flushes every event on its own.
@@ -133,7 +132,6 @@ impl SseBody {
     pub(crate) fn new(
         completion: Completion,
         interval: Duration,
-        include_usage: bool,
         record: Option<Arc<Mutex<StreamRecord>>>,
     ) -> Self {
         let phase = if completion.endpoint == Endpoint::Responses {
@@ -144,7 +142,6 @@ impl SseBody {
         let mut body = SseBody {
             completion,
             interval,
-            include_usage,
             phase,
             sleep: None,
             yield_next: false,
@@ -175,7 +172,7 @@ impl SseBody {
     }
 
     fn after_content(&self) -> Phase {
-        if self.include_usage && self.completion.endpoint != Endpoint::Responses {
+        if self.completion.include_usage && self.completion.endpoint != Endpoint::Responses {
             Phase::Usage
         } else {
             Phase::Final

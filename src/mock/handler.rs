@@ -385,6 +385,7 @@ fn inference(
         model,
         prompt_tokens: shapes::prompt_tokens(endpoint, &req),
         events: ov.events,
+        include_usage,
     };
     if !stream || endpoint == Endpoint::Embeddings {
         return json_ok(shared, completion.full_json(&req));
@@ -402,7 +403,7 @@ fn inference(
         lock(&shared.streams).push(rec.clone());
         rec
     });
-    let body = SseBody::new(completion, ov.interval, include_usage, record);
+    let body = SseBody::new(completion, ov.interval, record);
     let mut resp = Response::new(MockBody::Sse(Box::new(body)));
     let h = resp.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));

@@ -33,8 +33,8 @@
 //! Streaming (`"stream": true` on chat/completions/responses): `text/event-stream`, chunked, one
 //! `data: ...\n\n` event per body frame, each frame flushed on its own. `sse_interval` is the pause
 //! between two content events (not before the first, and not before the usage chunk or `[DONE]`).
-//! Chat/completions streams end with an optional usage chunk (`stream_options.include_usage`) and
-//! `data: [DONE]`; `/v1/responses` streams send `response.created`, one `response.output_text.delta`
+//! Chat/completions streams end with an optional usage chunk (`stream_options.include_usage`; every
+//! other chunk then has `"usage": null`, as OpenAI sends them) and `data: [DONE]`; `/v1/responses` streams send `response.created`, one `response.output_text.delta`
 //! per event and `response.completed` (which counts as finished; there is no `[DONE]`).
 //!
 //! Per-request overrides (request headers): `x-mock-delay-ms` (delay before response headers),

@@ -211,6 +211,9 @@ pub(crate) struct Completion {
     pub(crate) model: String,
     pub(crate) prompt_tokens: u64,
     pub(crate) events: usize,
+    /// A stream asked for usage (`stream_options.include_usage`): it ends with a usage chunk,
+    /// and every other chunk has `"usage": null`, as OpenAI sends them.
+    pub(crate) include_usage: bool,
 }
 
 impl Completion {
@@ -307,7 +310,7 @@ impl Completion {
             Value::Null
         };
         let w = word(i);
-        let v = match self.endpoint {
+        let mut v = match self.endpoint {
             Endpoint::Completions => json!({
                 "id": self.id,
                 "object": "text_completion",
@@ -330,6 +333,9 @@ impl Completion {
                 })
             }
         };
+        if self.include_usage {
+            v["usage"] = Value::Null;
+        }
         sse_data(&v)
     }
 

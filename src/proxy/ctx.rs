@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::Bytes;
 use http::HeaderValue;
 use pingora::proxy::Session;
 
@@ -12,6 +13,7 @@ use crate::endpoint::{Endpoint, InFlight};
 use crate::routes::Pool;
 use crate::shutdown::ActiveRequest;
 use crate::upstream::Upstream;
+use crate::usage::{self, strip::StripUsageChunk};
 
 /// Where a request goes: decided once in `request_filter`, used by every attempt (and handed
 /// to a large-body subrequest so it neither reads nor parses the body again).
@@ -60,6 +62,17 @@ pub struct RequestCtx {
     pub(super) overhead_recorded: bool,
     /// From the request head to the proxied response head.
     pub(super) ttfb: Option<std::time::Duration>,
+    /// The body sent upstream when it is not the client's: with `include_usage` added
+    /// (`stream_usage: force`) and/or rewritten for a fallback model.
+    pub(super) body_override: Option<Bytes>,
+    /// The gateway added `include_usage` to the request: its usage chunk is not the client's.
+    pub(super) usage_forced: bool,
+    /// The answer's last chunks, to read its token usage from when it ends.
+    pub(super) usage: Option<usage::Tail>,
+    /// Removes the usage chunk the gateway asked for from the stream.
+    pub(super) strip_usage: Option<StripUsageChunk>,
+    /// The answer's token usage.
+    pub(super) tokens: Option<usage::Tokens>,
 }
 
 impl RequestCtx {
@@ -85,7 +98,7 @@ impl RequestCtx {
 
     /// Move the request to its next fallback model with an endpoint in service.
     pub(super) fn switch_to_fallback(&mut self) -> bool {
-        let Some((model, pool)) = self.fallbacks.as_mut().and_then(|f| f.advance()) else {
+        let Some((model, pool, body)) = self.fallbacks.as_mut().and_then(|f| f.advance()) else {
             return false;
         };
         log::warn!(
@@ -93,6 +106,7 @@ impl RequestCtx {
             self.model().unwrap_or("-")
         );
         self.target = Some(Target::Model { model, pool });
+        self.body_override = Some(body);
         self.tried.clear();
         true
     }

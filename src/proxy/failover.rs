@@ -56,6 +56,11 @@ pub fn is_event_stream(header: &ResponseHeader) -> bool {
     content_type_is(header, "text/event-stream")
 }
 
+/// Whether the response is JSON.
+pub fn is_json(header: &ResponseHeader) -> bool {
+    content_type_is(header, "application/json")
+}
+
 fn content_type_is(header: &ResponseHeader, mime: &str) -> bool {
     header
         .headers

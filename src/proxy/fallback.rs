@@ -10,14 +10,12 @@ use bytes::Bytes;
 use crate::openai::with_model;
 use crate::routes::{Pool, Routes};
 
-/// The fallback models a request may still move to, and the body to send them.
+/// The fallback models a request may still move to, and the body to rewrite for them.
 pub struct FallbackChain {
-    /// The client's body, as read.
+    /// The body sent to the requested model.
     body: Bytes,
     /// The fallback models not tried yet, in order, with their pools as of the request's start.
     next: VecDeque<(String, Arc<Pool>)>,
-    /// The body rewritten for the fallback model in use (`None` while on the requested model).
-    pub body_override: Option<Bytes>,
 }
 
 impl FallbackChain {
@@ -27,11 +25,7 @@ impl FallbackChain {
             .iter()
             .filter_map(|m| routes.pool(m).map(|p| (m.clone(), p.clone())))
             .collect();
-        (!next.is_empty()).then_some(FallbackChain {
-            body,
-            next,
-            body_override: None,
-        })
+        (!next.is_empty()).then_some(FallbackChain { body, next })
     }
 
     /// Fallback models left.
@@ -44,21 +38,17 @@ impl FallbackChain {
         self.next.iter().any(|(_, p)| p.has_candidate(&[]))
     }
 
-    /// Move to the next fallback model with an endpoint in service: its id and pool.
-    pub fn advance(&mut self) -> Option<(String, Arc<Pool>)> {
+    /// Move to the next fallback model with an endpoint in service: its id, its pool and the
+    /// body rewritten for it.
+    pub fn advance(&mut self) -> Option<(String, Arc<Pool>, Bytes)> {
         while let Some((model, pool)) = self.next.pop_front() {
             if !pool.has_candidate(&[]) {
                 continue;
             }
             // The body had a top-level `model` to route by, so it has one to replace.
-            self.body_override = Some(with_model(&self.body, &model)?);
-            return Some((model, pool));
+            let body = with_model(&self.body, &model)?;
+            return Some((model, pool, body));
         }
         None
-    }
-
-    /// The body to send now: rewritten for a fallback model, or the client's own.
-    pub fn body(&self) -> &Bytes {
-        self.body_override.as_ref().unwrap_or(&self.body)
     }
 }

@@ -9,20 +9,22 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
 use pingora::proxy::subrequest::pipe::PipeSubrequestState;
 
 use super::Target;
+use crate::usage::Tokens;
 
 /// What the client's session hands each subrequest.
 pub(super) struct SubrequestRoute {
     pub target: Target,
     /// The length of the body the subrequest carries (it differs from the client's
-    /// `Content-Length` once rewritten for a fallback model).
+    /// `Content-Length` once rewritten).
     pub body_len: usize,
     pub attempts: Arc<Attempts>,
     /// A fallback model could still take the request after this model's endpoints.
     pub can_fall_back: bool,
+    /// The gateway asked for the stream's usage chunk: it is removed from the client's bytes.
+    pub strip_usage: bool,
     /// The client session's request id (the subrequest's copied head may not have it).
     pub request_id: Option<http::HeaderValue>,
     /// When the client's request head was read.
@@ -40,6 +42,8 @@ pub(super) struct Attempts {
     last: Mutex<Option<Arc<crate::upstream::Upstream>>>,
     /// The time to first byte the answering subrequest saw.
     ttfb: Mutex<Option<Duration>>,
+    /// The tokens of the answer, once it ended.
+    tokens: Mutex<Option<Tokens>>,
 }
 
 impl Attempts {
@@ -58,6 +62,14 @@ impl Attempts {
 
     pub fn ttfb(&self) -> Option<Duration> {
         *self.ttfb.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn set_tokens(&self, tokens: Option<Tokens>) {
+        *self.tokens.lock().unwrap_or_else(|e| e.into_inner()) = tokens;
+    }
+
+    pub fn tokens(&self) -> Option<Tokens> {
+        *self.tokens.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn last(&self) -> Option<Arc<crate::upstream::Upstream>> {
@@ -86,14 +98,6 @@ impl Attempts {
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<usize>> {
         self.tried.lock().unwrap_or_else(|e| e.into_inner())
     }
-}
-
-/// The body a subrequest sends: the client's, or the one rewritten for a fallback model.
-pub(super) fn current_body(
-    original: &Bytes,
-    fallbacks: Option<&super::fallback::FallbackChain>,
-) -> Bytes {
-    fallbacks.map_or_else(|| original.clone(), |f| f.body().clone())
 }
 
 /// How long a failed subrequest may take to finish its own error handling.

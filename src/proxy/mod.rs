@@ -30,19 +30,23 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
-use crate::config::Config;
+use crate::config::{Config, StreamUsage};
 use crate::error::{ErrorKind, Rendered};
 use crate::metrics::secs;
-use crate::openai::{peek_model, PeekError};
+use crate::openai::{peek_request, with_include_usage, PeekError};
 use crate::request_id;
 use crate::routes::{Routes, SharedRoutes};
 use crate::shutdown::ActiveRequests;
+use crate::usage::{self, strip::StripUsageChunk};
 use ctx::{answered, blame, RequestCtx, Target};
 
 /// Names the endpoint that served a response.
 const ENDPOINT_HEADER: &str = "x-ai-proxy-endpoint";
 /// Names the model the gateway routed the response to (a fallback's, after a fallback).
 const MODEL_HEADER: &str = "x-ai-proxy-model";
+
+/// Routes whose streams end with a usage chunk when asked (`stream_options.include_usage`).
+const STREAM_USAGE_ROUTES: &[&str] = &["/v1/chat/completions", "/v1/completions"];
 
 /// Routes whose requests are meaningless without a `model`: a JSON body without one is a 400.
 const MODEL_ROUTES: &[&str] = &[
@@ -61,6 +65,10 @@ pub struct Gateway {
     max_attempts: u32,
     max_header_bytes: usize,
     active: ActiveRequests,
+    /// `stream_usage: force`.
+    force_stream_usage: bool,
+    /// Metrics or the access log want each answer's token usage.
+    count_tokens: bool,
 }
 
 impl Gateway {
@@ -73,40 +81,53 @@ impl Gateway {
             max_attempts: config.max_attempts,
             max_header_bytes: config.max_header_bytes,
             active,
+            force_stream_usage: config.stream_usage == StreamUsage::Force,
+            count_tokens: config.metrics || config.access_log != crate::access_log::Target::Off,
         }
     }
 
-    /// Decide the target of a proxied request from its body.
-    fn target(&self, session: &Session, routes: &Routes, body: &[u8]) -> Result<Target> {
+    /// Decide the target of a proxied request from its body, and whether the gateway is to
+    /// ask for its stream's usage (`stream_usage: force`, a stream whose client did not).
+    fn target(&self, session: &Session, routes: &Routes, body: &[u8]) -> Result<(Target, bool)> {
         let default = || {
             routes
                 .default_upstream
                 .clone()
-                .map(Target::Default)
+                .map(|u| (Target::Default(u), false))
                 .ok_or_else(|| ErrorKind::NoHealthyEndpoint.err("no endpoint is reachable yet"))
         };
         if body.is_empty() || is_multipart(session) {
             return default();
         }
-        let model = match peek_model(body) {
-            Ok(Some(m)) => m,
-            Ok(None) if MODEL_ROUTES.contains(&session.req_header().uri.path()) => {
-                return Err(
-                    ErrorKind::InvalidRequest.err("the request body needs a string `model` field")
-                )
-            }
-            Ok(None) => return default(),
+        let path = session.req_header().uri.path();
+        let fields = match peek_request(body) {
+            Ok(f) => f,
             Err(PeekError::NotJson(why)) => {
                 return Err(ErrorKind::InvalidRequest.err(format!(
                     "the request body is not a valid JSON object: {why}"
                 )))
             }
         };
+        let force_usage = self.force_stream_usage
+            && STREAM_USAGE_ROUTES.contains(&path)
+            && fields.stream_without_usage();
+        let model = match fields.model {
+            Some(m) => m.into_owned(),
+            None if MODEL_ROUTES.contains(&path) => {
+                return Err(
+                    ErrorKind::InvalidRequest.err("the request body needs a string `model` field")
+                )
+            }
+            None => return default(),
+        };
         match routes.pool(&model) {
-            Some(pool) => Ok(Target::Model {
-                pool: pool.clone(),
-                model,
-            }),
+            Some(pool) => Ok((
+                Target::Model {
+                    pool: pool.clone(),
+                    model,
+                },
+                force_usage,
+            )),
             None if !routes.ready => Err(ErrorKind::NoHealthyEndpoint
                 .err("model discovery has not completed yet; retry shortly")),
             None => Err(ErrorKind::ModelNotFound.err(format!(
@@ -133,7 +154,10 @@ impl Gateway {
         let fallbacks = ctx.fallbacks.as_ref().map_or(0, |f| f.remaining());
         // Bounded: every model gets at most `max_attempts`, and a stale connection one more.
         for _ in 0..(self.max_attempts as usize + 1) * (fallbacks + 1) {
-            let body = large_body::current_body(&original, ctx.fallbacks.as_ref());
+            let body = ctx
+                .body_override
+                .clone()
+                .unwrap_or_else(|| original.clone());
             let route = large_body::SubrequestRoute {
                 target: ctx
                     .target
@@ -142,6 +166,7 @@ impl Gateway {
                 body_len: body.len(),
                 attempts: attempts.clone(),
                 can_fall_back: ctx.fallbacks.as_ref().is_some_and(|f| f.available()),
+                strip_usage: ctx.usage_forced,
                 request_id: ctx.request_id.clone(),
                 started: ctx.started,
             };
@@ -166,6 +191,7 @@ impl Gateway {
             };
             ctx.current = attempts.last();
             ctx.ttfb = attempts.ttfb();
+            ctx.tokens = attempts.tokens();
             ctx.tried = attempts.tried();
             let error = match piped {
                 Ok(state) if state.header_received => return Ok(true),
@@ -222,7 +248,7 @@ impl Gateway {
             duration_ms: ctx.started.map(|t| ms(t.elapsed())),
             bytes_in: session.as_downstream().body_bytes_read(),
             bytes_out: session.as_downstream().body_bytes_sent(),
-            tokens: None,
+            tokens: ctx.tokens,
             error,
         });
     }
@@ -301,6 +327,7 @@ impl ProxyHttp for Gateway {
             ctx.request_id = route.request_id.clone();
             ctx.started = route.started;
             ctx.parent_can_fall_back = route.can_fall_back;
+            ctx.usage_forced = route.strip_usage;
             let body_len = route.body_len;
             // Its request head is a copy of the client's as received: when the body was
             // rewritten for a fallback model, its length is not the client's.
@@ -338,14 +365,22 @@ impl ProxyHttp for Gateway {
             };
         }
         let original = body::read(session, self.max_body_bytes, self.body_deadline).await?;
-        let target = self.target(session, &routes, &original)?;
+        let (target, force_usage) = self.target(session, &routes, &original)?;
+        if force_usage {
+            ctx.body_override = with_include_usage(&original);
+            ctx.usage_forced = ctx.body_override.is_some();
+        }
         if let Target::Model { model, pool } = &target {
             // Most configs have no fallbacks: skip hashing the model for nothing.
             let fallbacks = (!self.fallbacks.is_empty())
                 .then(|| self.fallbacks.get(model))
                 .flatten();
             if let Some(models) = fallbacks {
-                ctx.fallbacks = fallback::FallbackChain::new(original.clone(), models, &routes);
+                let body = ctx
+                    .body_override
+                    .clone()
+                    .unwrap_or_else(|| original.clone());
+                ctx.fallbacks = fallback::FallbackChain::new(body, models, &routes);
             }
             let in_service = pool.has_candidate(&[]);
             ctx.target = Some(target);
@@ -552,6 +587,17 @@ impl ProxyHttp for Gateway {
                 m.time_to_first_byte.observe(secs(ttfb));
             }
         }
+        if header.status.is_success() && matches!(ctx.target, Some(Target::Model { .. })) {
+            let stream = failover::is_event_stream(header);
+            if self.count_tokens && (stream || failover::is_json(header)) {
+                ctx.usage = Some(usage::Tail::default());
+            }
+            if ctx.usage_forced && stream {
+                ctx.strip_usage = Some(StripUsageChunk::default());
+                // The body shrinks: Pingora frames it (chunked) instead of trusting a length.
+                header.remove_header(&http::header::CONTENT_LENGTH);
+            }
+        }
         if let Some(name) = &ep.name_header {
             header.insert_header(ENDPOINT_HEADER, name.clone())?;
         }
@@ -591,13 +637,8 @@ impl ProxyHttp for Gateway {
         if let Some(id) = &ctx.request_id {
             req.insert_header(request_id::HEADER, id.clone())?;
         }
-        // A fallback model's body is longer or shorter than the client's.
-        let rewritten_len = ctx
-            .fallbacks
-            .as_ref()
-            .and_then(|f| f.body_override.as_ref())
-            .map(Bytes::len);
-        if let Some(len) = rewritten_len {
+        // A rewritten body is longer or shorter than the client's.
+        if let Some(len) = ctx.body_override.as_ref().map(Bytes::len) {
             if req.headers.contains_key(http::header::CONTENT_LENGTH) {
                 req.insert_header(http::header::CONTENT_LENGTH, len)?;
             }
@@ -606,7 +647,7 @@ impl ProxyHttp for Gateway {
     }
 
     /// The whole body reaches here as one chunk (Pingora's retry buffer, replayed on every
-    /// attempt): a fallback model's attempt swaps in the body rewritten for it.
+    /// attempt): a rewritten body (`include_usage` added, a fallback model) is swapped in.
     async fn request_body_filter(
         &self,
         _session: &mut Session,
@@ -614,11 +655,7 @@ impl ProxyHttp for Gateway {
         _end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if let Some(rewritten) = ctx
-            .fallbacks
-            .as_ref()
-            .and_then(|f| f.body_override.as_ref())
-        {
+        if let Some(rewritten) = &ctx.body_override {
             if body.as_ref().is_some_and(|b| !b.is_empty()) {
                 *body = Some(rewritten.clone());
             }
@@ -626,11 +663,12 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
-    /// Keeps the watchdog's idle deadline moving; body bytes pass untouched.
+    /// Keeps the watchdog's idle deadline moving and the answer's tail for its token usage;
+    /// body bytes pass untouched, but for a usage chunk the client did not ask for.
     fn upstream_response_body_filter(
         &self,
         _session: &mut Session,
-        _body: &mut Option<Bytes>,
+        body: &mut Option<Bytes>,
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<Duration>> {
@@ -640,6 +678,20 @@ impl ProxyHttp for Gateway {
             } else {
                 w.chunk();
             }
+        }
+        if let Some(tail) = &mut ctx.usage {
+            if let Some(chunk) = body {
+                tail.push(chunk);
+            }
+            if end_of_stream {
+                ctx.tokens = ctx.usage.take().and_then(|t| t.tokens());
+                if let Some(parent) = &ctx.parent {
+                    parent.set_tokens(ctx.tokens);
+                }
+            }
+        }
+        if let Some(strip) = &mut ctx.strip_usage {
+            strip.filter(body, end_of_stream);
         }
         Ok(None)
     }
@@ -749,6 +801,9 @@ impl ProxyHttp for Gateway {
                 .inc();
             if let Some(t) = ctx.started {
                 m.request_duration.observe(secs(t.elapsed()));
+            }
+            if let (Some(tokens), Some(model)) = (ctx.tokens, ctx.model()) {
+                m.count_tokens(model, endpoint, tokens);
             }
         }
         if crate::access_log::enabled() {

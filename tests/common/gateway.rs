@@ -9,6 +9,7 @@ use tempfile::TempDir;
 
 use super::client::Client;
 use super::free_port;
+use ai_proxy::mock::MockServer;
 
 /// Path of the gateway binary built by cargo for this test run.
 pub const GATEWAY_BIN: &str = env!("CARGO_BIN_EXE_ai-proxy");
@@ -199,6 +200,20 @@ impl Gateway {
             b = b.env(k, v);
         }
         b.start().await
+    }
+
+    /// Start in front of `mocks` (each an endpoint named as the mock), with `extra` top-level
+    /// YAML, and wait until every mock's models are discovered.
+    pub async fn over(mocks: &[&MockServer], extra: &str) -> Gateway {
+        let mut yaml = format!("listen: \"127.0.0.1:{{port}}\"\nthreads: 2\n{extra}\nendpoints:\n");
+        for m in mocks {
+            yaml.push_str(&format!("  - url: {}\n    name: {}\n", m.url(), m.name()));
+        }
+        let gw = Self::start(&yaml).await;
+        for m in mocks {
+            super::api::wait_discovered(&gw, m.name()).await;
+        }
+        gw
     }
 
     /// `url` + `path`.

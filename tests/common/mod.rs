@@ -11,12 +11,14 @@
 //! - API helpers: [`chat_body`], [`post_chat`], [`get_ok`], [`models_json`], [`model_ids`], [`endpoints_json`],
 //!   [`endpoints`], [`endpoint_named`], [`assert_openai_error`], [`inference_requests`],
 //!   [`auth_headers`], [`last_stream`], [`wait_stream_closed_early`], [`poll_until`]
+//! - `/metrics`: [`scrape`], [`settled_scrape`], [`delta`], [`requests`], [`tokens`]
 
 #![allow(dead_code, unused_imports)]
 
 pub mod api;
 pub mod client;
 pub mod gateway;
+pub mod metrics;
 pub mod tls;
 
 use std::net::{Ipv4Addr, TcpListener};
@@ -33,6 +35,7 @@ pub use self::client::{
     get, post_json, post_stream, sse_data, try_get, Client, Conn, ReqBody, Resp, StreamResp,
 };
 pub use self::gateway::{run_gateway_cmd, Gateway, GatewayBuilder, GATEWAY_BIN};
+pub use self::metrics::{delta, requests, scrape, settled_scrape, tokens, total_requests};
 pub use self::tls::{TestCa, TlsFiles};
 pub use ai_proxy::mock::{
     MockConfig, MockKind, MockServer, MockTls, RecordedRequest, StreamRecord,
