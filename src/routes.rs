@@ -14,6 +14,7 @@ use pingora::lb::LoadBalancer;
 
 use crate::endpoint::Endpoint;
 use crate::health::Status;
+use crate::metrics::RouteCounters;
 use crate::openai::{List, ModelEntry};
 use crate::upstream::Upstream;
 
@@ -24,6 +25,8 @@ pub struct Pool {
     lb: LoadBalancer<RoundRobin>,
     /// Sorted by endpoint index; addresses are unique within a pool.
     members: Vec<Arc<Upstream>>,
+    /// Each member's metrics for this model (when metrics are on), in the members' order.
+    counters: Vec<RouteCounters>,
 }
 
 impl Pool {
@@ -45,11 +48,27 @@ impl Pool {
         });
         let lb = LoadBalancer::try_from_iter(members.iter().map(|u| u.addr))
             .expect("socket addresses need no DNS");
+        let counters = crate::metrics::get().map_or_else(Vec::new, |m| {
+            members
+                .iter()
+                .map(|u| m.route(model, &u.endpoint.name))
+                .collect()
+        });
         Pool {
             model_header: HeaderValue::from_str(model).ok(),
             lb,
             members,
+            counters,
         }
+    }
+
+    /// The metrics of this model on the member with endpoint index `index`.
+    pub fn counters(&self, index: usize) -> Option<&RouteCounters> {
+        let at = self
+            .members
+            .binary_search_by_key(&index, |u| u.index)
+            .ok()?;
+        self.counters.get(at)
     }
 
     /// Whether this pool has exactly these members (endpoint and address), so it can be

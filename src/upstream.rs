@@ -22,6 +22,8 @@ pub struct Upstream {
     pub addr: SocketAddr,
     /// Built once; the request path clones it instead of rebuilding options per request.
     peer: HttpPeer,
+    /// `ai_proxy_upstream_attempts_total` of the endpoint (when metrics are on).
+    attempts: Option<prometheus::IntCounter>,
 }
 
 impl Upstream {
@@ -42,11 +44,20 @@ impl Upstream {
         o.write_timeout = Some(t.read());
         o.idle_timeout = Some(POOL_IDLE_TIMEOUT);
         o.ca = endpoint.ca.clone();
+        let attempts = crate::metrics::get().map(|m| m.attempts(&endpoint.name));
         Upstream {
             endpoint,
             index,
             addr,
             peer,
+            attempts,
+        }
+    }
+
+    /// Count an attempt sent to this upstream.
+    pub fn count_attempt(&self) {
+        if let Some(c) = &self.attempts {
+            c.inc();
         }
     }
 

@@ -83,6 +83,14 @@ impl RequestCtx {
         }
     }
 
+    /// The metrics of the request's model on the endpoint that served it.
+    pub(super) fn route_counters(&self) -> Option<&crate::metrics::RouteCounters> {
+        match (&self.target, &self.current) {
+            (Some(Target::Model { pool, .. }), Some(u)) => pool.counters(u.index),
+            _ => None,
+        }
+    }
+
     /// Whether another endpoint could still take this request: one of the model within
     /// `max_attempts`, or one of a fallback model.
     pub(super) fn has_untried(&self, max_attempts: u32) -> bool {

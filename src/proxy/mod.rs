@@ -32,7 +32,6 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 
 use crate::config::{Config, StreamUsage};
 use crate::error::{ErrorKind, Rendered};
-use crate::metrics::secs;
 use crate::openai::{peek_request, with_include_usage, PeekError};
 use crate::request_id;
 use crate::routes::{Routes, SharedRoutes};
@@ -224,15 +223,22 @@ impl Gateway {
 }
 
 impl Gateway {
-    fn access_log(&self, session: &Session, e: Option<&Error>, ctx: &RequestCtx, status: u16) {
-        use crate::access_log::{ms, now_rfc3339, write, Entry};
+    fn access_log(
+        &self,
+        session: &Session,
+        e: Option<&Error>,
+        ctx: &RequestCtx,
+        status: u16,
+        duration: Option<Duration>,
+    ) {
+        use crate::access_log::{ms, write, Entry, Timestamp};
         let req = session.req_header();
         let error = e.map(|e| match e.etype() {
             ErrorType::CustomCode(code, _) => *code,
             other => other.as_str(),
         });
         write(&Entry {
-            time: now_rfc3339(),
+            time: Timestamp::now(),
             request_id: ctx
                 .request_id
                 .as_ref()
@@ -245,7 +251,7 @@ impl Gateway {
             status,
             attempts: ctx.tried.len(),
             ttfb_ms: ctx.ttfb.map(ms),
-            duration_ms: ctx.started.map(|t| ms(t.elapsed())),
+            duration_ms: duration.map(ms),
             bytes_in: session.as_downstream().body_bytes_read(),
             bytes_out: session.as_downstream().body_bytes_sent(),
             tokens: ctx.tokens,
@@ -423,11 +429,7 @@ impl ProxyHttp for Gateway {
             }
         };
         ctx.tried.push(upstream.index);
-        if let Some(m) = crate::metrics::get() {
-            m.upstream_attempts
-                .with_label_values(&[upstream.endpoint.name.as_str()])
-                .inc();
-        }
+        upstream.count_attempt();
         if let Some(parent) = &ctx.parent {
             parent.push(&upstream);
         }
@@ -584,7 +586,7 @@ impl ProxyHttp for Gateway {
                 parent.set_ttfb(ttfb);
             }
             if let Some(m) = crate::metrics::get() {
-                m.time_to_first_byte.observe(secs(ttfb));
+                m.time_to_first_byte.observe(ttfb);
             }
         }
         if header.status.is_success() && matches!(ctx.target, Some(Target::Model { .. })) {
@@ -631,7 +633,7 @@ impl ProxyHttp for Gateway {
         if !ctx.overhead_recorded {
             ctx.overhead_recorded = true;
             if let (Some(m), Some(t)) = (crate::metrics::get(), ctx.started) {
-                m.overhead.observe(secs(t.elapsed()));
+                m.overhead.observe(t.elapsed());
             }
         }
         if let Some(id) = &ctx.request_id {
@@ -680,11 +682,13 @@ impl ProxyHttp for Gateway {
             }
         }
         if let Some(tail) = &mut ctx.usage {
-            if let Some(chunk) = body {
-                tail.push(chunk);
-            }
-            if end_of_stream {
-                ctx.tokens = ctx.usage.take().and_then(|t| t.tokens());
+            if !end_of_stream {
+                if let Some(chunk) = body {
+                    tail.push(chunk);
+                }
+            } else {
+                ctx.tokens = tail.tokens_at_end(body.as_deref());
+                ctx.usage = None;
                 if let Some(parent) = &ctx.parent {
                     parent.set_tokens(ctx.tokens);
                 }
@@ -788,26 +792,35 @@ impl ProxyHttp for Gateway {
         let status = session
             .response_written()
             .map_or(499, |h| h.status.as_u16());
+        let duration = ctx.started.map(|t| t.elapsed());
         if let Some(m) = crate::metrics::get() {
-            let endpoint = ctx
-                .current
-                .as_ref()
-                .map_or("", |u| u.endpoint.name.as_str());
             // `StatusCode` keeps the digits as static text: no formatting per request.
             let code = http::StatusCode::from_u16(status).ok();
             let code = code.as_ref().map_or("other", |c| c.as_str());
-            m.requests
-                .with_label_values(&[ctx.model().unwrap_or(""), endpoint, code])
-                .inc();
-            if let Some(t) = ctx.started {
-                m.request_duration.observe(secs(t.elapsed()));
+            match ctx.route_counters() {
+                Some(route) => {
+                    route.request(m, code);
+                    if let Some(tokens) = ctx.tokens {
+                        route.tokens(tokens);
+                    }
+                }
+                // Answered by the gateway itself, or a request without a model.
+                None => {
+                    let endpoint = ctx
+                        .current
+                        .as_ref()
+                        .map_or("", |u| u.endpoint.name.as_str());
+                    m.requests
+                        .with_label_values(&[ctx.model().unwrap_or(""), endpoint, code])
+                        .inc();
+                }
             }
-            if let (Some(tokens), Some(model)) = (ctx.tokens, ctx.model()) {
-                m.count_tokens(model, endpoint, tokens);
+            if let Some(d) = duration {
+                m.request_duration.observe(d);
             }
         }
         if crate::access_log::enabled() {
-            self.access_log(session, e, ctx, status);
+            self.access_log(session, e, ctx, status, duration);
         }
         if !log::log_enabled!(log::Level::Debug) {
             return;

@@ -9,6 +9,7 @@
 pub mod strip;
 
 use std::collections::VecDeque;
+use std::sync::LazyLock;
 
 use bytes::Bytes;
 use memchr::memmem;
@@ -50,7 +51,9 @@ const USAGE_KEY: &[u8] = b"\"usage\"";
 /// The last `"usage": {...}` object in `text` with token counts. A `"usage"` inside a JSON
 /// string is not a key: its quotes are escaped (`\"usage\"`), so it is not found.
 pub fn find(text: &[u8]) -> Option<Tokens> {
-    memmem::rfind_iter(text, USAGE_KEY).find_map(|at| {
+    static LAST_FIRST: LazyLock<memmem::FinderRev<'static>> =
+        LazyLock::new(|| memmem::FinderRev::new(USAGE_KEY));
+    LAST_FIRST.rfind_iter(text).find_map(|at| {
         let object = usage_object_at(text, at)?;
         Counts::deserialize(&mut serde_json::Deserializer::from_slice(object))
             .ok()?
@@ -103,20 +106,20 @@ impl Tail {
         }
     }
 
-    /// The tokens of the response's last `usage` (call once, at its end).
-    pub fn tokens(&self) -> Option<Tokens> {
-        match self.chunks.len() {
-            0 => None,
-            1 => find(&self.chunks[0]),
-            _ => {
-                // A usage object may straddle two chunks: look in one copy of the tail.
-                let mut all = Vec::with_capacity(self.len);
-                for c in &self.chunks {
-                    all.extend_from_slice(c);
-                }
-                find(&all)
-            }
+    /// The tokens of the response's last `usage`, given its last chunk (call once, at its
+    /// end). A JSON answer mostly comes in one chunk: it is searched as it is, no copy.
+    pub fn tokens_at_end(&self, last: Option<&[u8]>) -> Option<Tokens> {
+        let last = last.unwrap_or_default();
+        if self.chunks.is_empty() {
+            return find(last);
         }
+        // A usage object may straddle two chunks: look in one copy of the tail.
+        let mut all = Vec::with_capacity(self.len + last.len());
+        for c in &self.chunks {
+            all.extend_from_slice(c);
+        }
+        all.extend_from_slice(last);
+        find(&all)
     }
 }
 
@@ -183,14 +186,20 @@ mod tests {
         let usage = br#"{"usage":{"prompt_tokens":1,"completion_tokens":2}}"#;
         let (a, b) = usage.split_at(20);
         tail.push(&Bytes::from_static(a));
-        tail.push(&Bytes::from_static(b));
         assert_eq!(
-            tail.tokens(),
+            tail.tokens_at_end(Some(b)),
             Some(Tokens {
                 prompt: 1,
                 completion: 2
             })
         );
-        assert_eq!(Tail::default().tokens(), None);
+        assert_eq!(Tail::default().tokens_at_end(None), None);
+        assert_eq!(
+            Tail::default().tokens_at_end(Some(usage)),
+            Some(Tokens {
+                prompt: 1,
+                completion: 2
+            })
+        );
     }
 }

@@ -2,14 +2,20 @@
 //! model the gateway routes (never a name a client made up), an endpoint label a configured
 //! endpoint's name, a status an HTTP code. Per-endpoint gauges (in flight, health, models)
 //! are read when scraped, so the request path does not keep them.
+//!
+//! The request path touches no label map: the counters of a route (model and endpoint) and of
+//! an endpoint are looked up once, when discovery builds the pool or upstream, and kept there
+//! ([`RouteCounters`], [`Metrics::attempts`]); histograms are sharded per thread
+//! ([`histogram`]).
+
+mod histogram;
 
 use std::sync::OnceLock;
-use std::time::Duration;
 
 use bytes::Bytes;
-use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
-};
+use prometheus::{IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+
+pub use histogram::Histogram;
 
 use crate::health::Status;
 use crate::routes::Routes;
@@ -31,7 +37,7 @@ pub struct Metrics {
     pub request_duration: Histogram,
     pub time_to_first_byte: Histogram,
     pub overhead: Histogram,
-    pub upstream_attempts: IntCounterVec,
+    upstream_attempts: IntCounterVec,
     pub upstream_failures: IntCounterVec,
     pub discovery_runs: IntCounterVec,
     tokens: IntCounterVec,
@@ -65,12 +71,7 @@ impl Metrics {
             registry.register(Box::new(g.clone())).expect("unique name");
             g
         };
-        let histogram = |name: &str, help: &str, buckets: &[f64]| {
-            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))
-                .expect("valid metric");
-            registry.register(Box::new(h.clone())).expect("unique name");
-            h
-        };
+        let histogram = Histogram::new;
         Metrics {
             requests: counter(
                 "ai_proxy_requests_total",
@@ -131,12 +132,21 @@ impl Metrics {
         }
     }
 
-    /// Count one answer's tokens.
-    pub fn count_tokens(&self, model: &str, endpoint: &str, tokens: Tokens) {
-        for (kind, n) in [("prompt", tokens.prompt), ("completion", tokens.completion)] {
-            self.tokens
-                .with_label_values(&[model, endpoint, kind])
-                .inc_by(n);
+    /// The attempts counter of an endpoint.
+    pub fn attempts(&self, endpoint: &str) -> IntCounter {
+        self.upstream_attempts.with_label_values(&[endpoint])
+    }
+
+    /// The counters of requests routed to `model` and served by `endpoint`.
+    pub fn route(&self, model: &str, endpoint: &str) -> RouteCounters {
+        RouteCounters {
+            model: model.to_string(),
+            endpoint: endpoint.to_string(),
+            ok: self.requests.with_label_values(&[model, endpoint, "200"]),
+            prompt_tokens: self.tokens.with_label_values(&[model, endpoint, "prompt"]),
+            completion_tokens: self
+                .tokens
+                .with_label_values(&[model, endpoint, "completion"]),
         }
     }
 
@@ -160,15 +170,48 @@ impl Metrics {
                 .with_label_values(&name)
                 .set(i64::try_from(models).unwrap_or(i64::MAX));
         }
-        let mut out = Vec::with_capacity(16 * 1024);
-        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+        let mut out = String::with_capacity(16 * 1024);
+        if let Err(e) = TextEncoder::new().encode_utf8(&self.registry.gather(), &mut out) {
             log::error!("metrics: cannot encode: {e}");
+        }
+        for h in [
+            &self.request_duration,
+            &self.time_to_first_byte,
+            &self.overhead,
+        ] {
+            h.render(&mut out);
         }
         Bytes::from(out)
     }
 }
 
-/// Seconds as a histogram value.
-pub fn secs(d: Duration) -> f64 {
-    d.as_secs_f64()
+/// The counters of one route (a model and an endpoint serving it), looked up once.
+#[derive(Debug)]
+pub struct RouteCounters {
+    model: String,
+    endpoint: String,
+    /// `ai_proxy_requests_total` with status 200, by far the most counted.
+    ok: IntCounter,
+    prompt_tokens: IntCounter,
+    completion_tokens: IntCounter,
+}
+
+impl RouteCounters {
+    /// Count a request answered with `status` (its digits).
+    pub fn request(&self, metrics: &Metrics, status: &str) {
+        if status == "200" {
+            self.ok.inc();
+        } else {
+            metrics
+                .requests
+                .with_label_values(&[&self.model, &self.endpoint, status])
+                .inc();
+        }
+    }
+
+    /// Count one answer's tokens.
+    pub fn tokens(&self, tokens: Tokens) {
+        self.prompt_tokens.inc_by(tokens.prompt);
+        self.completion_tokens.inc_by(tokens.completion);
+    }
 }
