@@ -88,13 +88,14 @@ impl Proc {
     }
 
     /// Log lines that look like warnings or errors (env_logger's `WARN`/`ERROR`, nginx's
-    /// `[warn]`..`[emerg]`): how many, and the first (shortened).
+    /// `[warn]`..`[emerg]`): how many, and the first (shortened). The gateway's access log
+    /// lines (JSON objects, with an `error` field) are not log records.
     pub fn log_problems(&self) -> (usize, Option<String>) {
         const LEVELS: [&str; 5] = ["warn", "error", "crit", "alert", "emerg"];
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let mut hits = text.lines().filter(|l| {
             let l = l.to_ascii_lowercase();
-            LEVELS.iter().any(|w| l.contains(w))
+            !l.starts_with('{') && LEVELS.iter().any(|w| l.contains(w))
         });
         let first = hits.next().map(|l| l.chars().take(200).collect());
         (first.iter().count() + hits.count(), first)
