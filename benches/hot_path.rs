@@ -94,5 +94,49 @@ fn bench_rewrite(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, bench_peek, bench_select, bench_rewrite);
+/// The request path's share of the access log and of token counting: one line formatted, and
+/// the `usage` found in a chat completion answer.
+fn bench_observability(c: &mut Criterion) {
+    use ai_proxy::access_log::{format_line, Entry, Timestamp};
+    use ai_proxy::usage::{find, Tokens};
+    let mut line = Vec::with_capacity(512);
+    c.bench_function("access_log_line", |b| {
+        b.iter(|| {
+            line.clear();
+            let entry = Entry {
+                time: Timestamp::now(),
+                request_id: "a1b2c3d4e5f60718-2f",
+                method: "POST",
+                path: "/v1/chat/completions",
+                model: Some("meta-llama/Llama-3.3-70B-Instruct"),
+                endpoint: Some("vllm-a"),
+                status: 200,
+                attempts: 1,
+                ttfb: Some(std::time::Duration::from_micros(12_345)),
+                duration: Some(std::time::Duration::from_micros(812_500)),
+                bytes_in: 1024,
+                bytes_out: 2210,
+                tokens: Some(Tokens {
+                    prompt: 120,
+                    completion: 380,
+                }),
+                error: None,
+            };
+            format_line(black_box(&entry), &mut line);
+            line.len()
+        })
+    });
+    let answer = br#"{"id":"chatcmpl-1","object":"chat.completion","created":1764162309,"model":"meta-llama/Llama-3.3-70B-Instruct","choices":[{"index":0,"message":{"role":"assistant","content":"Hello! How can I help you today? I can answer questions, write code, or explain things."},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":21,"total_tokens":33,"prompt_tokens_details":{"cached_tokens":0}},"system_fingerprint":"fp_1"}"#;
+    c.bench_function("usage_find_chat_answer", |b| {
+        b.iter(|| find(black_box(answer)))
+    });
+}
+
+criterion_group!(
+    benches,
+    bench_peek,
+    bench_select,
+    bench_rewrite,
+    bench_observability
+);
 criterion_main!(benches);

@@ -231,7 +231,7 @@ impl Gateway {
         status: u16,
         duration: Option<Duration>,
     ) {
-        use crate::access_log::{ms, write, Entry, Timestamp};
+        use crate::access_log::{write, Entry, Timestamp};
         let req = session.req_header();
         let error = e.map(|e| match e.etype() {
             ErrorType::CustomCode(code, _) => *code,
@@ -250,8 +250,8 @@ impl Gateway {
             endpoint: ctx.current.as_ref().map(|u| u.endpoint.name.as_str()),
             status,
             attempts: ctx.tried.len(),
-            ttfb_ms: ctx.ttfb.map(ms),
-            duration_ms: duration.map(ms),
+            ttfb: ctx.ttfb,
+            duration,
             bytes_in: session.as_downstream().body_bytes_read(),
             bytes_out: session.as_downstream().body_bytes_sent(),
             tokens: ctx.tokens,

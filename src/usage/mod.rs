@@ -13,14 +13,14 @@ use std::sync::LazyLock;
 
 use bytes::Bytes;
 use memchr::memmem;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 /// How much of a response's end is kept to find its `usage` in: a usage object with its
 /// details is under 1 KiB, and a Responses API answer may put `user` and `metadata` after it.
 pub const TAIL_BYTES: usize = 16 * 1024;
 
 /// The tokens of one request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Tokens {
     pub prompt: u64,
     pub completion: u64,
@@ -110,8 +110,10 @@ impl Tail {
     /// end). A JSON answer mostly comes in one chunk: it is searched as it is, no copy.
     pub fn tokens_at_end(&self, last: Option<&[u8]>) -> Option<Tokens> {
         let last = last.unwrap_or_default();
-        if self.chunks.is_empty() {
-            return find(last);
+        match (self.chunks.len(), last.is_empty()) {
+            (0, _) => return find(last),
+            (1, true) => return find(&self.chunks[0]),
+            _ => {}
         }
         // A usage object may straddle two chunks: look in one copy of the tail.
         let mut all = Vec::with_capacity(self.len + last.len());
