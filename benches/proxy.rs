@@ -214,6 +214,7 @@ fn run(opts: &Opts) -> Result<(), String> {
         &report::Context {
             machine: &m,
             quick: opts.quick,
+            rounds: opts.rounds,
             nginx_version: lab.nginx_version.as_deref(),
             latency_requests: opts.latency_requests,
             loads: &loads,
@@ -269,7 +270,8 @@ fn latency_point(
     point: usize,
 ) {
     let req = client::chat_request(client::chat_body(opts.small_body, false), None);
-    for i in order(lab.systems.len(), point) {
+    let mut rounds = vec![Vec::new(); lab.systems.len()];
+    for (round, i) in interleaved(lab.systems.len(), point, opts.rounds) {
         let s = &mut lab.systems[i];
         let r = rt.block_on(latency::run(
             s.addr,
@@ -279,16 +281,34 @@ fn latency_point(
         ));
         let ms = |v: Option<u64>| v.map_or(f64::NAN, |ns| ns as f64 / 1e3);
         println!(
-            "latency c=1     {:>8}: p50 {:.1} µs  p99 {:.1} µs  p99.9 {:.1} µs  failed {}",
+            "latency c=1     {:>8}{}: p50 {:.1} µs  p99 {:.1} µs  p99.9 {:.1} µs  failed {}",
             s.name,
+            round_label(round, opts.rounds),
             ms(r.p50_ns),
             ms(r.p99_ns),
             ms(r.p999_ns),
             r.failures
         );
-        res[i].latency = Some(r);
+        rounds[i].push(r);
         note_death(s, &mut res[i]);
         std::thread::sleep(BETWEEN_RUNS);
+    }
+    for (r, runs) in res.iter_mut().zip(&rounds) {
+        r.latency = Some(latency::LatencyResult::median_of(runs));
+    }
+}
+
+/// `(round, system)` in the order to run them: each round runs every system, in the order of
+/// `order(n, point + round)`.
+fn interleaved(n: usize, point: usize, rounds: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..rounds).flat_map(move |round| order(n, point + round).map(move |i| (round, i)))
+}
+
+fn round_label(round: usize, rounds: usize) -> String {
+    if rounds > 1 {
+        format!(" #{}", round + 1)
+    } else {
+        String::new()
     }
 }
 
@@ -304,7 +324,9 @@ fn throughput_point(
     cpu_load: Option<Load>,
 ) {
     let req = client::chat_request(client::chat_body(load.body, false), None);
-    for i in order(lab.systems.len(), point) {
+    let mut rounds = vec![Vec::new(); lab.systems.len()];
+    let mut cpu_total = vec![0.0; lab.systems.len()];
+    for (round, i) in interleaved(lab.systems.len(), point, opts.rounds) {
         let s = &mut lab.systems[i];
         let cpu0 = procstat::cpu_seconds(s.pids());
         let r = rt.block_on(throughput::run(
@@ -315,21 +337,27 @@ fn throughput_point(
             dur,
         ));
         let cpu = procstat::cpu_seconds(s.pids()) - cpu0;
-        if s.is_proxy() && Some(load) == cpu_load && r.total > 0 {
-            res[i].cpu_per_10k = Some((cpu / r.total as f64 * 10_000.0, load));
-        }
+        cpu_total[i] += cpu;
         println!(
-            "{:<15} {:>8}: {:.0} req/s  p99 {} µs  failed {}  (proxy CPU {:.2} s)",
+            "{:<15} {:>8}{}: {:.0} req/s  p99 {} µs  failed {}  (proxy CPU {:.2} s)",
             load.label(),
             s.name,
+            round_label(round, opts.rounds),
             r.rps,
             r.p99_us.unwrap_or(0),
             r.failures,
             cpu
         );
-        res[i].throughput.push((load, r));
+        rounds[i].push(r);
         note_death(s, &mut res[i]);
         std::thread::sleep(BETWEEN_RUNS);
+    }
+    for (i, r) in res.iter_mut().enumerate() {
+        let all = throughput::ThroughputResult::median_of(&rounds[i]);
+        if r.is_proxy && Some(load) == cpu_load && all.total > 0 {
+            r.cpu_per_10k = Some((cpu_total[i] / all.total as f64 * 10_000.0, load));
+        }
+        r.throughput.push((load, all));
     }
 }
 

@@ -18,6 +18,23 @@ pub struct LatencyResult {
     pub failures: Failures,
 }
 
+impl LatencyResult {
+    /// Several rounds as one: each percentile's median; samples and failures added up.
+    pub fn median_of(rounds: &[LatencyResult]) -> LatencyResult {
+        let mut out = LatencyResult {
+            samples: rounds.iter().map(|r| r.samples).sum(),
+            p50_ns: stats::median(rounds.iter().map(|r| r.p50_ns)),
+            p99_ns: stats::median(rounds.iter().map(|r| r.p99_ns)),
+            p999_ns: stats::median(rounds.iter().map(|r| r.p999_ns)),
+            failures: Failures::default(),
+        };
+        for r in rounds {
+            out.failures.merge(&r.failures);
+        }
+        out
+    }
+}
+
 /// Whole-point bound: even if every request times out, the point ends.
 const POINT_LIMIT: Duration = Duration::from_secs(120);
 

@@ -22,6 +22,8 @@ usage: cargo bench --bench proxy [-- OPTIONS]
                      mock's listen backlog)
   --systems A[,B..]  subset of direct,ai-proxy,nginx,ai-proxy-bare (default: the first three;
                      nginx only if on PATH; ai-proxy-bare = metrics and access log off)
+  --rounds N         run the latency and throughput points N times, the systems interleaved,
+                     and report each value's median (default 1): for ratios within a few %
   --help             this text";
 
 /// What to run and for how long.
@@ -51,6 +53,8 @@ pub struct Opts {
     pub stream_window: Option<usize>,
     /// Systems asked for on the command line (`None`: all that are available).
     pub systems: Option<Vec<String>>,
+    /// Runs of each latency and throughput point per system, interleaved; medians reported.
+    pub rounds: usize,
 }
 
 impl Opts {
@@ -71,6 +75,7 @@ impl Opts {
             stream_interval: Duration::from_millis(15),
             stream_window: None,
             systems: None,
+            rounds: 1,
         }
     }
 
@@ -109,6 +114,10 @@ impl Opts {
                 "--stream-window" => {
                     let v = it.next().ok_or("--stream-window needs a value")?;
                     opts.stream_window = Some(parse_counts(v)?.first().copied().unwrap_or(1));
+                }
+                "--rounds" => {
+                    let v = it.next().ok_or("--rounds needs a value")?;
+                    opts.rounds = parse_counts(v)?.first().copied().unwrap_or(1);
                 }
                 "--systems" => {
                     let v = it.next().ok_or("--systems needs a value")?;

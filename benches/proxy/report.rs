@@ -10,6 +10,8 @@ use crate::results::{Load, SystemResults};
 pub struct Context<'a> {
     pub machine: &'a Machine,
     pub quick: bool,
+    /// Runs of each latency and throughput point (medians shown when more than 1).
+    pub rounds: usize,
     pub nginx_version: Option<&'a str>,
     pub latency_requests: usize,
     pub loads: &'a [(Load, Duration)],
@@ -26,9 +28,17 @@ pub fn render(res: &[SystemResults], cx: &Context) -> String {
     md.push_str("## ai-proxy load bench (`cargo bench --bench proxy`)\n\n");
     md.push_str(&format!("- machine: {}\n", cx.machine));
     md.push_str(&format!(
-        "- run: {}, {} s in all; every system on 127.0.0.1, order rotated between points\n",
+        "- run: {}, {} s in all; every system on 127.0.0.1, order rotated between points{}\n",
         if cx.quick { "--quick" } else { "full" },
-        cx.elapsed.as_secs()
+        cx.elapsed.as_secs(),
+        if cx.rounds > 1 {
+            format!(
+                "; latency and throughput points run {} times, systems interleaved: medians shown",
+                cx.rounds
+            )
+        } else {
+            String::new()
+        }
     ));
     md.push_str(&format!(
         "- systems: {}\n",

@@ -26,6 +26,13 @@ pub fn record_ns(h: &mut Histogram<u64>, d: Duration) {
     h.saturating_record((d.as_nanos() as u64).max(1));
 }
 
+/// The median of the values present (the upper one of an even count), or `None` if none is.
+pub fn median<T: Ord + Copy>(values: impl IntoIterator<Item = Option<T>>) -> Option<T> {
+    let mut v: Vec<T> = values.into_iter().flatten().collect();
+    v.sort_unstable();
+    v.get(v.len() / 2).copied()
+}
+
 /// The value at percentile `p` (0..100), or `None` for an empty histogram.
 pub fn pct(h: &Histogram<u64>, p: f64) -> Option<u64> {
     (!h.is_empty()).then(|| h.value_at_percentile(p))

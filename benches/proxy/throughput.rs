@@ -25,6 +25,26 @@ pub struct ThroughputResult {
     pub failures: Failures,
 }
 
+impl ThroughputResult {
+    /// Several rounds as one: the median rate and percentiles; requests and failures added up.
+    pub fn median_of(rounds: &[ThroughputResult]) -> ThroughputResult {
+        // Rates compared as integers (requests per second are in the thousands).
+        let rps = stats::median(rounds.iter().map(|r| Some(r.rps.round() as u64)));
+        let mut out = ThroughputResult {
+            rps: rps.unwrap_or(0) as f64,
+            p50_us: stats::median(rounds.iter().map(|r| r.p50_us)),
+            p99_us: stats::median(rounds.iter().map(|r| r.p99_us)),
+            measured: rounds.iter().map(|r| r.measured).sum(),
+            total: rounds.iter().map(|r| r.total).sum(),
+            failures: Failures::default(),
+        };
+        for r in rounds {
+            out.failures.merge(&r.failures);
+        }
+        out
+    }
+}
+
 struct Worker {
     hist: Histogram<u64>,
     measured: u64,
