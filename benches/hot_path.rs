@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use ai_proxy::balance::PolicyName;
 use ai_proxy::endpoint::{ApiKey, Endpoint, EndpointKind};
 use ai_proxy::openai::peek_model;
 use ai_proxy::routes::Pool;
@@ -52,13 +53,18 @@ fn bench_select(c: &mut Criterion) {
             ))
         })
         .collect();
-    let pool = Pool::new("m", members);
-    c.bench_function("pool_select_4", |b| {
-        b.iter(|| pool.select(black_box(&[])).map(|u| u.index))
-    });
-    c.bench_function("pool_select_4_one_tried", |b| {
-        b.iter(|| pool.select(black_box(&[1])).map(|u| u.index))
-    });
+    for (name, policy) in [
+        ("round_robin", PolicyName::RoundRobin),
+        ("least_outstanding", PolicyName::LeastOutstanding),
+    ] {
+        let pool = Pool::new("m", members.clone(), policy);
+        c.bench_function(&format!("pool_select_4_{name}"), |b| {
+            b.iter(|| pool.select(black_box(&[])).map(|u| u.index))
+        });
+        c.bench_function(&format!("pool_select_4_one_tried_{name}"), |b| {
+            b.iter(|| pool.select(black_box(&[1])).map(|u| u.index))
+        });
+    }
 }
 
 fn bench_rewrite(c: &mut Criterion) {

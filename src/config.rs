@@ -12,6 +12,7 @@ use pingora::server::configuration::ServerConf;
 use serde::Deserialize;
 
 use crate::access_log;
+use crate::balance::{Balancing, PolicyName};
 use crate::endpoint::{redact_userinfo, ApiKey, Endpoint, EndpointKind, Timeouts};
 use crate::health::HealthPolicy;
 
@@ -57,7 +58,16 @@ struct FileConfig {
     max_connections: Option<usize>,
     health: Option<HealthConfig>,
     fallbacks: Option<HashMap<String, Vec<String>>>,
+    balancing: Option<BalancingConfig>,
     endpoints: Option<Vec<EndpointConfig>>,
+}
+
+/// `balancing:`: the default policy and per-model overrides.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BalancingConfig {
+    policy: Option<PolicyName>,
+    models: Option<HashMap<String, PolicyName>>,
 }
 
 /// `health:`: passive health thresholds (see `health.rs`).
@@ -81,6 +91,7 @@ struct EndpointConfig {
     api_key_env: Option<String>,
     ca_file: Option<PathBuf>,
     timeouts: Option<TimeoutsConfig>,
+    weight: Option<u32>,
 }
 
 /// An endpoint's `timeouts:`, each overriding the top-level default.
@@ -144,6 +155,8 @@ pub struct Config {
     pub probe_timeout: Duration,
     /// Models to try, in order, when every endpoint of a model failed before answering.
     pub fallbacks: HashMap<String, Vec<String>>,
+    /// The balancing policy of each model.
+    pub balancing: Balancing,
     pub endpoints: Vec<Arc<Endpoint>>,
 }
 
@@ -320,6 +333,13 @@ impl Config {
             health,
             probe_timeout,
             fallbacks: fallbacks(file.fallbacks.unwrap_or_default())?,
+            balancing: file
+                .balancing
+                .map(|b| Balancing {
+                    default: b.policy.unwrap_or_default(),
+                    models: b.models.unwrap_or_default(),
+                })
+                .unwrap_or_default(),
             endpoints,
         })
     }
@@ -481,7 +501,17 @@ fn yaml_endpoints(
                 ec.timeouts,
                 defaults,
                 &field("timeouts"),
-            )?);
+            )?)
+            .with_weight(match ec.weight {
+                None => 1,
+                Some(w @ 1..=10_000) => w as usize,
+                Some(_) => {
+                    return Err(format!(
+                        "{}: give a weight from 1 to 10000",
+                        field("weight")
+                    ))
+                }
+            });
         if !names.insert(ep.name.clone()) {
             return Err(format!(
                 "{}: duplicate endpoint name {:?} (set distinct `name`s)",
@@ -621,6 +651,11 @@ endpoints:
         assert_eq!(c.endpoints[2].name, "ocf-head:8092");
         assert!(matches!(c.source, Source::Yaml(_)));
         assert_eq!(c.stream_usage, StreamUsage::Client);
+        assert_eq!(c.balancing.policy_for("any"), PolicyName::LeastOutstanding);
+        let b = yaml("balancing:\n  policy: round_robin\n  models:\n    m: weighted\nendpoints:\n  - url: http://a\n    weight: 3\n").unwrap();
+        assert_eq!(b.balancing.policy_for("m"), PolicyName::Weighted);
+        assert_eq!(b.balancing.policy_for("other"), PolicyName::RoundRobin);
+        assert_eq!(b.endpoints[0].weight, 3);
         assert_eq!(
             yaml("stream_usage: force").unwrap().stream_usage,
             StreamUsage::Force
@@ -637,6 +672,11 @@ endpoints:
             ("endpoints:\n  - url: nope\n", "endpoints[0].url"),
             ("listen: localhost\n", "listen"),
             ("stream_usage: always\n", "stream_usage"),
+            ("balancing:\n  policy: fastest\n", "balancing"),
+            (
+                "endpoints:\n  - url: http://a\n    weight: 0\n",
+                "endpoints[0].weight",
+            ),
             ("timeout_secs: 0\n", "timeout_secs"),
             (
                 "endpoints:\n  - url: http://a\n    api_key_env: AI_PROXY_TEST_UNSET\n",

@@ -81,6 +81,8 @@ pub struct Endpoint {
     pub timeouts: Timeouts,
     /// `x-ai-proxy-endpoint` on responses it served (`None` if the name is no header value).
     pub name_header: Option<HeaderValue>,
+    /// Its share under the `weighted` balancing policy (1 unless configured).
+    pub weight: usize,
 }
 
 impl fmt::Debug for Endpoint {
@@ -240,6 +242,7 @@ impl Endpoint {
             .map_err(|_| format!("URL {url:?} has a host that is not a valid header value"))?;
         let name = name.unwrap_or_else(|| format!("{host_for_header}:{}", parts.port));
         Ok(Endpoint {
+            weight: 1,
             name_header: HeaderValue::from_str(&name).ok(),
             name,
             kind,
@@ -258,6 +261,12 @@ impl Endpoint {
     }
 
     /// Use these timeouts for requests to this endpoint.
+    /// Give the endpoint this `weight` (at least 1) for the `weighted` policy.
+    pub fn with_weight(mut self, weight: usize) -> Self {
+        self.weight = weight.max(1);
+        self
+    }
+
     pub fn with_timeouts(mut self, timeouts: Timeouts) -> Self {
         self.timeouts = timeouts;
         self

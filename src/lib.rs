@@ -2,6 +2,7 @@
 //! across OpenAI-compatible and OCF endpoints.
 
 pub mod access_log;
+pub mod balance;
 pub mod config;
 pub mod discovery;
 pub mod downstream;
@@ -51,12 +52,7 @@ pub fn build_server(config: &Config) -> (Server, Signals) {
         metrics::enable();
     }
     let routes = routes::empty_routes();
-    let discovery = Discovery::new(
-        config.endpoints.clone(),
-        routes.clone(),
-        config.discovery_interval,
-        config.probe_timeout,
-    );
+    let discovery = Discovery::new(config, routes.clone());
     server.add_service(background_service("discovery", discovery));
     let active = ActiveRequests::default();
     let gateway = Gateway::new(config, routes, active.clone());

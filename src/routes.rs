@@ -9,20 +9,20 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::HeaderValue;
-use pingora::lb::selection::RoundRobin;
-use pingora::lb::LoadBalancer;
 
+use crate::balance::{self, Policy, PolicyName};
 use crate::endpoint::Endpoint;
 use crate::health::Status;
 use crate::metrics::RouteCounters;
 use crate::openai::{List, ModelEntry};
 use crate::upstream::Upstream;
 
-/// The upstreams that serve one model, balanced round robin.
+/// The upstreams that serve one model, and the policy that balances them.
 pub struct Pool {
     /// `x-ai-proxy-model` for responses from this pool (`None` if the id is no header value).
     pub model_header: Option<HeaderValue>,
-    lb: LoadBalancer<RoundRobin>,
+    policy_name: PolicyName,
+    policy: Box<dyn Policy>,
     /// Sorted by endpoint index; addresses are unique within a pool.
     members: Vec<Arc<Upstream>>,
     /// Each member's metrics for this model (when metrics are on), in the members' order.
@@ -32,7 +32,7 @@ pub struct Pool {
 impl Pool {
     /// A pool of upstreams; ones whose address repeats an earlier member's are dropped (the
     /// balancer identifies members by address).
-    pub fn new(model: &str, mut members: Vec<Arc<Upstream>>) -> Pool {
+    pub fn new(model: &str, mut members: Vec<Arc<Upstream>>, policy_name: PolicyName) -> Pool {
         members.sort_by_key(|u| u.index);
         let mut seen = std::collections::HashSet::new();
         members.retain(|u| {
@@ -46,8 +46,7 @@ impl Pool {
             }
             unique
         });
-        let lb = LoadBalancer::try_from_iter(members.iter().map(|u| u.addr))
-            .expect("socket addresses need no DNS");
+        let policy = balance::build(policy_name, &members);
         let counters = crate::metrics::get().map_or_else(Vec::new, |m| {
             members
                 .iter()
@@ -56,7 +55,8 @@ impl Pool {
         });
         Pool {
             model_header: HeaderValue::from_str(model).ok(),
-            lb,
+            policy_name,
+            policy,
             members,
             counters,
         }
@@ -71,9 +71,13 @@ impl Pool {
         self.counters.get(at)
     }
 
-    /// Whether this pool has exactly these members (endpoint and address), so it can be
-    /// reused with its balancing state.
-    pub fn same_members(&self, other: &[Arc<Upstream>]) -> bool {
+    /// Whether this pool has exactly these members (endpoint and address) and this policy, so
+    /// it can be reused with its balancing state.
+    pub fn reusable_for(&self, other: &[Arc<Upstream>], policy: PolicyName) -> bool {
+        self.policy_name == policy && self.same_members(other)
+    }
+
+    fn same_members(&self, other: &[Arc<Upstream>]) -> bool {
         let mut theirs: Vec<(usize, SocketAddr)> =
             other.iter().map(|u| (u.index, u.addr)).collect();
         theirs.sort_unstable();
@@ -85,18 +89,27 @@ impl Pool {
                 .all(|((i, a), m)| *i == m.index && *a == m.addr)
     }
 
-    /// The next upstream by the balancer, skipping endpoints already tried for this request
-    /// and endpoints out of service (ejected, or held by a `Retry-After`). May claim an
-    /// endpoint's post-cooldown trial, so call it only to send a request.
+    /// The upstream the policy picks, skipping endpoints already tried for this request and
+    /// endpoints out of service (ejected, or held by a `Retry-After`). May claim an endpoint's
+    /// post-cooldown trial, so call it only to send a request.
     pub fn select(&self, tried: &[usize]) -> Option<&Arc<Upstream>> {
-        let n = self.members.len();
-        let b = self.lb.select_with(b"", n * 2, |b, healthy| {
-            healthy
-                && self
-                    .member(b.addr.as_inet())
-                    .is_some_and(|m| !tried.contains(&m.index) && m.endpoint.health.admits())
-        })?;
-        self.member(b.addr.as_inet())
+        // Members whose trial another request claimed between the pick and the claim.
+        let mut claimed_elsewhere: Vec<usize> = Vec::new();
+        // Bounded: each turn either returns or rules one more member out.
+        for _ in 0..=self.members.len() {
+            let usable = |i: usize| {
+                let m = &self.members[i];
+                !tried.contains(&m.index)
+                    && m.endpoint.health.may_admit()
+                    && !claimed_elsewhere.contains(&i)
+            };
+            let i = self.policy.pick(&self.members, &usable)?;
+            if self.members[i].endpoint.health.admits() {
+                return Some(&self.members[i]);
+            }
+            claimed_elsewhere.push(i);
+        }
+        None
     }
 
     /// Whether `select` could find an endpoint now (without claiming any trial).
@@ -104,11 +117,6 @@ impl Pool {
         self.members
             .iter()
             .any(|m| !tried.contains(&m.index) && m.endpoint.health.may_admit())
-    }
-
-    fn member(&self, addr: Option<&SocketAddr>) -> Option<&Arc<Upstream>> {
-        let addr = addr?;
-        self.members.iter().find(|m| m.addr == *addr)
     }
 
     pub fn len(&self) -> usize {
@@ -210,7 +218,7 @@ mod tests {
 
     #[test]
     fn round_robin_spreads_and_skips_tried() {
-        let pool = Pool::new("m", vec![up(1, 2), up(0, 1)]);
+        let pool = Pool::new("m", vec![up(1, 2), up(0, 1)], PolicyName::RoundRobin);
         let mut counts = [0; 2];
         for _ in 0..10 {
             counts[pool.select(&[]).unwrap().index] += 1;
@@ -224,15 +232,17 @@ mod tests {
 
     #[test]
     fn membership_comparison() {
-        let pool = Pool::new("m", vec![up(0, 1), up(1, 2)]);
+        let pool = Pool::new("m", vec![up(0, 1), up(1, 2)], PolicyName::RoundRobin);
         assert!(pool.same_members(&[up(1, 2), up(0, 1)]));
+        assert!(pool.reusable_for(&[up(1, 2), up(0, 1)], PolicyName::RoundRobin));
+        assert!(!pool.reusable_for(&[up(1, 2), up(0, 1)], PolicyName::LeastOutstanding));
         assert!(!pool.same_members(&[up(0, 1)]));
         assert!(!pool.same_members(&[up(0, 1), up(1, 3)]));
     }
 
     #[test]
     fn duplicate_addresses_collapse() {
-        let pool = Pool::new("m", vec![up(0, 1), up(1, 1)]);
+        let pool = Pool::new("m", vec![up(0, 1), up(1, 1)], PolicyName::RoundRobin);
         assert_eq!(pool.len(), 1);
         assert!(pool.same_members(&[up(0, 1), up(1, 1)]));
     }

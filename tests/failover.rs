@@ -10,11 +10,13 @@ use common::*;
 use serde_json::Value;
 
 /// A gateway on 127.0.0.1 with these `(name, url, type)` endpoints. Discovery (the active
-/// probe) runs every `probe_secs`; upstream reads time out after `timeout_secs`.
+/// probe) runs every `probe_secs`; upstream reads time out after `timeout_secs`. Round robin,
+/// so which endpoint a request tries first is known.
 fn config(endpoints: &[(&str, String, &str)], probe_secs: u64, timeout_secs: u64) -> String {
     let mut s = format!(
         "listen: \"127.0.0.1:{{port}}\"\nthreads: 2\ntimeout_secs: {timeout_secs}\n\
-         connect_timeout_secs: 1\ndiscovery_interval_secs: {probe_secs}\nendpoints:\n"
+         connect_timeout_secs: 1\ndiscovery_interval_secs: {probe_secs}\n\
+         balancing: {{policy: round_robin}}\nendpoints:\n"
     );
     for (name, url, kind) in endpoints {
         s.push_str(&format!(

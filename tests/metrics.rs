@@ -61,7 +61,7 @@ async fn known_traffic_gives_exact_deltas() {
 async fn a_failover_counts_both_attempts_and_the_failure() {
     let bad = start_mock(MockConfig::openai("bad", ["m"])).await;
     let good = start_mock(MockConfig::openai("good", ["m"])).await;
-    let gw = Gateway::over(&[&bad, &good], "").await;
+    let gw = Gateway::over(&[&bad, &good], "balancing: {policy: round_robin}").await;
     bad.set_fault(Some(Fault::Status {
         status: 503,
         retry_after: None,

@@ -20,10 +20,10 @@ fn endpoint(url: &str, name: &str, kind: &str, api_key: Option<&str>) -> String 
     s
 }
 
-/// A gateway config on 127.0.0.1 with these endpoints.
+/// A gateway config on 127.0.0.1 with these endpoints, balanced round robin.
 fn config(endpoints: &[String]) -> String {
     format!(
-        "listen: \"127.0.0.1:{{port}}\"\nthreads: 2\ntimeout_secs: 10\nconnect_timeout_secs: 2\nendpoints:\n{}",
+        "listen: \"127.0.0.1:{{port}}\"\nthreads: 2\ntimeout_secs: 10\nconnect_timeout_secs: 2\nbalancing: {{policy: round_robin}}\nendpoints:\n{}",
         endpoints.concat()
     )
 }

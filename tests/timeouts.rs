@@ -9,10 +9,11 @@ use ai_proxy::mock::Fault;
 use common::*;
 use serde_json::Value;
 
-/// A gateway whose endpoints carry these `timeouts:` mappings (global read timeout 10 s).
+/// A gateway whose endpoints carry these `timeouts:` mappings (global read timeout 10 s), round
+/// robin so which endpoint a request tries first is known.
 async fn gateway(endpoints: &[(&MockServer, &str)]) -> Gateway {
     let mut yaml =
-        "listen: \"127.0.0.1:{port}\"\nthreads: 2\ntimeout_secs: 10\nendpoints:\n".to_string();
+        "listen: \"127.0.0.1:{port}\"\nthreads: 2\ntimeout_secs: 10\nbalancing: {policy: round_robin}\nendpoints:\n".to_string();
     for (m, timeouts) in endpoints {
         yaml.push_str(&format!(
             "  - url: {}\n    name: {}\n    timeouts: {timeouts}\n",

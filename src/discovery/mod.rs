@@ -5,6 +5,8 @@ mod client;
 pub mod parse;
 mod snapshot;
 
+use crate::balance::Balancing;
+use crate::config::Config;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -77,22 +79,21 @@ pub struct Discovery {
     /// A poll (the active probe) that takes longer fails: the endpoint is down for the round
     /// and never holds up start-up or the other endpoints.
     poll_timeout: Duration,
+    /// Each model's balancing policy, for the pools it builds.
+    balancing: Balancing,
     connector: Connector,
     started: SystemTime,
 }
 
 impl Discovery {
-    pub fn new(
-        endpoints: Vec<Arc<Endpoint>>,
-        routes: SharedRoutes,
-        interval: Duration,
-        poll_timeout: Duration,
-    ) -> Self {
+    /// Discovery of `config`'s endpoints, publishing to `routes`.
+    pub fn new(config: &Config, routes: SharedRoutes) -> Self {
         Discovery {
-            poll_timeout,
-            endpoints,
+            poll_timeout: config.probe_timeout,
+            endpoints: config.endpoints.clone(),
             routes,
-            interval,
+            interval: config.discovery_interval,
+            balancing: config.balancing.clone(),
             connector: Connector::new(None),
             started: SystemTime::now(),
         }
@@ -121,7 +122,7 @@ impl Discovery {
             remaining -= 1;
             let ready = !first || remaining == 0;
             let previous = self.routes.load_full();
-            let routes = build_routes(states, &previous, self.started, ready);
+            let routes = build_routes(states, &previous, self.started, ready, &self.balancing);
             self.routes.store(Arc::new(routes));
         }
     }

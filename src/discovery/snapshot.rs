@@ -9,6 +9,7 @@ use bytes::Bytes;
 use serde_json::json;
 
 use super::{EndpointState, PollStatus};
+use crate::balance::Balancing;
 use crate::openai::{List, ModelEntry};
 use crate::routes::{Pool, Routes};
 use crate::upstream::Upstream;
@@ -25,6 +26,7 @@ pub fn build_routes(
     previous: &Routes,
     started: SystemTime,
     ready: bool,
+    balancing: &Balancing,
 ) -> Routes {
     // BTreeMap: the model list comes out sorted by id.
     let mut members: BTreeMap<&str, Vec<Arc<Upstream>>> = BTreeMap::new();
@@ -50,8 +52,8 @@ pub fn build_routes(
         .into_iter()
         .map(|(model, ups)| {
             let pool = match previous.pool(model) {
-                Some(p) if p.same_members(&ups) => p.clone(),
-                _ => Arc::new(Pool::new(model, ups)),
+                Some(p) if p.reusable_for(&ups, balancing.policy_for(model)) => p.clone(),
+                _ => Arc::new(Pool::new(model, ups, balancing.policy_for(model))),
             };
             (model.to_string(), pool)
         })
@@ -148,7 +150,13 @@ mod tests {
             state(0, 1, &["b", "a"], PollStatus::Ok),
             state(1, 2, &["a", "c"], PollStatus::Failed("down".into())),
         ];
-        let r1 = build_routes(&states, &Routes::default(), SystemTime::now(), true);
+        let r1 = build_routes(
+            &states,
+            &Routes::default(),
+            SystemTime::now(),
+            true,
+            &Balancing::default(),
+        );
         let v: serde_json::Value = serde_json::from_slice(&r1.models_json).unwrap();
         let ids: Vec<&str> = v["data"]
             .as_array()
@@ -160,10 +168,10 @@ mod tests {
         assert_eq!(r1.pool("a").unwrap().len(), 2);
         assert_eq!(r1.default_upstream.as_ref().unwrap().index, 0);
 
-        let r2 = build_routes(&states, &r1, SystemTime::now(), true);
+        let r2 = build_routes(&states, &r1, SystemTime::now(), true, &Balancing::default());
         assert!(Arc::ptr_eq(r1.pool("a").unwrap(), r2.pool("a").unwrap()));
         let fewer = vec![state(0, 1, &["a"], PollStatus::Ok)];
-        let r3 = build_routes(&fewer, &r2, SystemTime::now(), true);
+        let r3 = build_routes(&fewer, &r2, SystemTime::now(), true, &Balancing::default());
         assert!(!Arc::ptr_eq(r2.pool("a").unwrap(), r3.pool("a").unwrap()));
         assert!(r3.pool("c").is_none());
     }
@@ -171,7 +179,13 @@ mod tests {
     #[test]
     fn endpoints_view_has_status_and_no_key() {
         let states = vec![state(0, 1, &["a"], PollStatus::Failed("HTTP 500".into()))];
-        let r = build_routes(&states, &Routes::default(), SystemTime::now(), true);
+        let r = build_routes(
+            &states,
+            &Routes::default(),
+            SystemTime::now(),
+            true,
+            &Balancing::default(),
+        );
         let text = String::from_utf8(r.endpoints_json().to_vec()).unwrap();
         assert!(!text.contains("sk-hidden"));
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();

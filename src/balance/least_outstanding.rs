@@ -1,0 +1,117 @@
+//! `least_outstanding`: the power of two choices. Two usable members are drawn at random and
+//! the one with fewer requests in flight takes the request (a tie goes to either, at random).
+//! In flight means until the response truly ends, streams included, and counts the endpoint's
+//! requests for every model it serves: its load is what makes it slow. Two random choices
+//! rather than the global minimum: no scan, and no herd of requests all sent to the one
+//! endpoint that looked idlest a moment ago.
+
+use std::sync::Arc;
+
+use super::Policy;
+use crate::upstream::Upstream;
+
+pub struct LeastOutstanding;
+
+impl Policy for LeastOutstanding {
+    fn pick(&self, members: &[Arc<Upstream>], usable: &dyn Fn(usize) -> bool) -> Option<usize> {
+        let (a, b) = two_at_random(members.len(), usable)?;
+        let Some(b) = b else {
+            return Some(a);
+        };
+        let (load_a, load_b) = (
+            members[a].endpoint.in_flight(),
+            members[b].endpoint.in_flight(),
+        );
+        Some(match load_a.cmp(&load_b) {
+            std::cmp::Ordering::Less => a,
+            std::cmp::Ordering::Greater => b,
+            std::cmp::Ordering::Equal if fastrand::bool() => a,
+            std::cmp::Ordering::Equal => b,
+        })
+    }
+}
+
+/// Two distinct indexes below `n` that `usable` accepts, drawn uniformly (reservoir sampling:
+/// one pass, no allocation); the second is `None` when only one is usable.
+pub(super) fn two_at_random(
+    n: usize,
+    usable: &dyn Fn(usize) -> bool,
+) -> Option<(usize, Option<usize>)> {
+    let mut picked: [Option<usize>; 2] = [None, None];
+    let mut seen = 0;
+    for i in (0..n).filter(|&i| usable(i)) {
+        seen += 1;
+        if seen <= 2 {
+            picked[seen - 1] = Some(i);
+        } else {
+            let slot = fastrand::usize(..seen);
+            if slot < 2 {
+                picked[slot] = Some(i);
+            }
+        }
+    }
+    Some((picked[0]?, picked[1]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::balance::test_members;
+
+    #[test]
+    fn the_less_loaded_of_two_wins() {
+        let m = test_members(&[1, 1]);
+        let _busy: Vec<_> = (0..3).map(|_| m[0].endpoint.start_request()).collect();
+        for _ in 0..50 {
+            assert_eq!(LeastOutstanding.pick(&m, &|_| true), Some(1));
+        }
+    }
+
+    #[test]
+    fn ties_are_broken_at_random() {
+        let m = test_members(&[1, 1]);
+        let mut c = [0; 2];
+        for _ in 0..2000 {
+            c[LeastOutstanding.pick(&m, &|_| true).unwrap()] += 1;
+        }
+        assert!(c.iter().all(|&n| n > 800), "{c:?}");
+    }
+
+    #[test]
+    fn a_loaded_member_still_wins_against_a_busier_one_and_loses_to_idle_ones() {
+        // Loads 0, 5, 10: the busiest is never chosen (it loses every pair it is drawn in),
+        // and the idle one wins every pair it is in.
+        let m = test_members(&[1, 1, 1]);
+        let _load: Vec<_> = (0..5)
+            .map(|_| m[1].endpoint.start_request())
+            .chain((0..10).map(|_| m[2].endpoint.start_request()))
+            .collect();
+        let mut c = [0; 3];
+        for _ in 0..3000 {
+            c[LeastOutstanding.pick(&m, &|_| true).unwrap()] += 1;
+        }
+        assert_eq!(c[2], 0, "{c:?}");
+        assert!(c[0] > 1800 && c[1] > 800, "{c:?}");
+    }
+
+    #[test]
+    fn only_usable_members_and_a_lone_one() {
+        let m = test_members(&[1, 1, 1]);
+        for _ in 0..20 {
+            assert_eq!(LeastOutstanding.pick(&m, &|i| i == 1), Some(1));
+        }
+        assert_eq!(LeastOutstanding.pick(&m, &|_| false), None);
+        // Uniform draws: each of 3 members is in a pair about 2/3 of the time.
+        let mut drawn = [0; 3];
+        for _ in 0..3000 {
+            let (a, b) = two_at_random(3, &|_| true).unwrap();
+            drawn[a] += 1;
+            drawn[b.unwrap()] += 1;
+            assert_ne!(Some(a), b);
+        }
+        assert!(
+            drawn.iter().all(|&n| (1800..2200).contains(&n)),
+            "{drawn:?}"
+        );
+    }
+}

@@ -1,0 +1,90 @@
+//! Balancing policies: which endpoint of a model's pool takes a request. LLM requests last
+//! from milliseconds to minutes, so a policy that ignores load piles work onto slow servers.
+//!
+//! A policy is a small type behind [`Policy`], chosen per model (`balancing:` in the config)
+//! and built with the model's pool. The pool keeps it across discovery rounds while the pool's
+//! members do not change, so its state (a rotation's position) survives them.
+
+mod least_outstanding;
+mod rotation;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+use crate::upstream::Upstream;
+
+pub use least_outstanding::LeastOutstanding;
+pub use rotation::Rotation;
+
+/// A policy's name, as the config writes it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PolicyName {
+    /// Each endpoint in turn.
+    RoundRobin,
+    /// In turn, each endpoint as often as its `weight`.
+    Weighted,
+    /// The less loaded of two endpoints picked at random (requests in flight).
+    #[default]
+    LeastOutstanding,
+}
+
+/// Which policy each model uses.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Balancing {
+    pub default: PolicyName,
+    /// Per-model overrides.
+    pub models: HashMap<String, PolicyName>,
+}
+
+impl Balancing {
+    pub fn policy_for(&self, model: &str) -> PolicyName {
+        self.models.get(model).copied().unwrap_or(self.default)
+    }
+}
+
+/// Chooses the member of a pool that takes a request.
+pub trait Policy: Send + Sync {
+    /// The member (an index into `members`, which are sorted by endpoint index) to send a
+    /// request to, among those `usable` accepts; `None` when it accepts none. `usable` has no
+    /// side effects: the pool claims the chosen member afterwards.
+    fn pick(&self, members: &[Arc<Upstream>], usable: &dyn Fn(usize) -> bool) -> Option<usize>;
+}
+
+/// The policy `name` for these members.
+pub fn build(name: PolicyName, members: &[Arc<Upstream>]) -> Box<dyn Policy> {
+    match name {
+        PolicyName::RoundRobin => Box::new(Rotation::new(members, false)),
+        PolicyName::Weighted => Box::new(Rotation::new(members, true)),
+        PolicyName::LeastOutstanding => Box::new(LeastOutstanding),
+    }
+}
+
+/// Members for unit tests: endpoints `http://127.0.0.1:<port>` with these weights.
+#[cfg(test)]
+pub(crate) fn test_members(weights: &[usize]) -> Vec<Arc<Upstream>> {
+    use crate::endpoint::{Endpoint, EndpointKind};
+    weights
+        .iter()
+        .enumerate()
+        .map(|(i, &w)| {
+            let port = 9000 + i as u16;
+            let ep = Endpoint::new(
+                &format!("http://127.0.0.1:{port}"),
+                EndpointKind::Openai,
+                None,
+                None,
+                None,
+            )
+            .unwrap()
+            .with_weight(w);
+            Arc::new(Upstream::new(
+                Arc::new(ep),
+                i,
+                ([127, 0, 0, 1], port).into(),
+            ))
+        })
+        .collect()
+}

@@ -1,0 +1,89 @@
+//! `round_robin` and `weighted`: each endpoint in turn, each as often as its weight for
+//! `weighted`. Pingora's weighted round robin does the turning.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use futures::FutureExt;
+use pingora::lb::discovery::Static;
+use pingora::lb::selection::RoundRobin;
+use pingora::lb::{Backend, Backends, LoadBalancer};
+
+use super::Policy;
+use crate::upstream::Upstream;
+
+pub struct Rotation {
+    lb: LoadBalancer<RoundRobin>,
+    /// Steps that visit every member at least once: the sum of the weights.
+    full_turn: usize,
+}
+
+impl Rotation {
+    pub fn new(members: &[Arc<Upstream>], weighted: bool) -> Rotation {
+        let backends: BTreeSet<Backend> = members
+            .iter()
+            .enumerate()
+            .map(|(i, u)| {
+                let weight = if weighted { u.endpoint.weight } else { 1 };
+                let mut b = Backend {
+                    addr: pingora::protocols::l4::socket::SocketAddr::Inet(u.addr),
+                    weight,
+                    ext: Default::default(),
+                };
+                // The member's position, so a pick needs no search by address.
+                b.ext.insert(i);
+                b
+            })
+            .collect();
+        let full_turn = backends.iter().map(|b| b.weight).sum::<usize>().max(1);
+        let lb = LoadBalancer::from_backends(Backends::new(Static::new(backends)));
+        // A static member list: the update neither waits nor fails.
+        let _ = lb.update().now_or_never();
+        Rotation { lb, full_turn }
+    }
+}
+
+impl Policy for Rotation {
+    fn pick(&self, _members: &[Arc<Upstream>], usable: &dyn Fn(usize) -> bool) -> Option<usize> {
+        let b = self.lb.select_with(b"", self.full_turn * 2, |b, _| {
+            b.ext.get::<usize>().is_some_and(|&i| usable(i))
+        })?;
+        b.ext.get::<usize>().copied()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::balance::test_members;
+
+    fn counts(p: &dyn Policy, members: &[Arc<Upstream>], n: usize) -> Vec<usize> {
+        let mut c = vec![0; members.len()];
+        for _ in 0..n {
+            c[p.pick(members, &|_| true).unwrap()] += 1;
+        }
+        c
+    }
+
+    #[test]
+    fn round_robin_spreads_evenly_and_ignores_weights() {
+        let m = test_members(&[1, 5, 1]);
+        assert_eq!(counts(&Rotation::new(&m, false), &m, 300), [100, 100, 100]);
+    }
+
+    #[test]
+    fn weighted_follows_the_weights() {
+        let m = test_members(&[1, 3]);
+        assert_eq!(counts(&Rotation::new(&m, true), &m, 400), [100, 300]);
+    }
+
+    #[test]
+    fn skips_members_that_are_not_usable() {
+        let m = test_members(&[1, 1, 1]);
+        let p = Rotation::new(&m, true);
+        for _ in 0..10 {
+            assert_eq!(p.pick(&m, &|i| i == 2), Some(2));
+        }
+        assert_eq!(p.pick(&m, &|_| false), None);
+    }
+}

@@ -1,0 +1,95 @@
+//! Balancing policies end to end: per-model policies from the config, and what each does with
+//! a pool where one endpoint is much slower than the others.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+
+/// Requests sent at once, and by each of those clients one after another.
+const CLIENTS: usize = 8;
+const EACH: usize = 12;
+
+/// Send `CLIENTS` x `EACH` chat requests for `model`; how many each endpoint served.
+async fn served_by(gw: &Arc<Gateway>, model: &'static str) -> HashMap<String, usize> {
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let gw = gw.clone();
+            tokio::spawn(async move {
+                let mut names = Vec::new();
+                for _ in 0..EACH {
+                    let r = post_chat(&gw, model, &[]).await;
+                    assert_eq!(r.status, 200, "{}", r.text());
+                    names.push(r.header("x-ai-proxy-endpoint").unwrap().to_string());
+                }
+                names
+            })
+        })
+        .collect();
+    let mut counts = HashMap::new();
+    for c in clients {
+        for name in c.await.unwrap() {
+            *counts.entry(name).or_insert(0) += 1;
+        }
+    }
+    counts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_outstanding_sends_clearly_fewer_requests_to_a_slow_endpoint_than_round_robin() {
+    let models = ["m-rr", "m-lo"];
+    let fast = Duration::from_millis(20);
+    let a = start_mock(MockConfig::openai("fast-a", models).with_delay(fast)).await;
+    let b = start_mock(MockConfig::openai("fast-b", models).with_delay(fast)).await;
+    let slow = start_mock(MockConfig::openai("slow", models).with_delay(fast * 10)).await;
+    let gw = Arc::new(
+        Gateway::over(
+            &[&a, &b, &slow],
+            "balancing:\n  policy: least_outstanding\n  models:\n    m-rr: round_robin",
+        )
+        .await,
+    );
+
+    let rr = served_by(&gw, "m-rr").await;
+    let lo = served_by(&gw, "m-lo").await;
+    let total = CLIENTS * EACH;
+    let slow_rr = rr.get("slow").copied().unwrap_or(0);
+    let slow_lo = lo.get("slow").copied().unwrap_or(0);
+    eprintln!("served: round robin {rr:?}, least outstanding {lo:?}");
+    // Round robin gives each endpoint its turn: a third, whatever its speed.
+    assert_eq!(slow_rr, total / 3, "{rr:?}");
+    // Least outstanding sees the slow endpoint's requests pile up and sends it far fewer:
+    // about a third of round robin's share in runs here; asserted with room for a loaded CI.
+    assert!(
+        slow_lo * 3 < slow_rr * 2,
+        "round robin {rr:?}, least outstanding {lo:?}"
+    );
+    assert_eq!(lo.values().sum::<usize>(), total);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weighted_follows_the_endpoint_weights() {
+    let a = start_mock(MockConfig::openai("a", ["m"])).await;
+    let b = start_mock(MockConfig::openai("b", ["m"])).await;
+    let yaml = format!(
+        "listen: \"127.0.0.1:{{port}}\"\nthreads: 2\nbalancing:\n  policy: weighted\nendpoints:\n  - url: {}\n    name: a\n  - url: {}\n    name: b\n    weight: 3\n",
+        a.url(),
+        b.url()
+    );
+    let gw = Gateway::start(&yaml).await;
+    wait_discovered(&gw, "a").await;
+    wait_discovered(&gw, "b").await;
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for _ in 0..40 {
+        let r = post_chat(&gw, "m", &[]).await;
+        assert_eq!(r.status, 200);
+        *counts
+            .entry(r.header("x-ai-proxy-endpoint").unwrap().to_string())
+            .or_default() += 1;
+    }
+    assert_eq!(counts["a"], 10, "{counts:?}");
+    assert_eq!(counts["b"], 30, "{counts:?}");
+}
