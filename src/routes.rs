@@ -112,6 +112,13 @@ impl Pool {
         None
     }
 
+    /// The member with endpoint index `index` answered with its response head after `ttfb`.
+    pub fn observe_ttfb(&self, index: usize, ttfb: std::time::Duration) {
+        if let Ok(at) = self.members.binary_search_by_key(&index, |u| u.index) {
+            self.policy.observe(at, ttfb);
+        }
+    }
+
     /// Whether `select` could find an endpoint now (without claiming any trial).
     pub fn has_candidate(&self, tried: &[usize]) -> bool {
         self.members

@@ -39,8 +39,8 @@ async fn served_by(gw: &Arc<Gateway>, model: &'static str) -> HashMap<String, us
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn least_outstanding_sends_clearly_fewer_requests_to_a_slow_endpoint_than_round_robin() {
-    let models = ["m-rr", "m-lo"];
+async fn load_aware_policies_send_clearly_fewer_requests_to_a_slow_endpoint_than_round_robin() {
+    let models = ["m-rr", "m-lo", "m-lat"];
     let fast = Duration::from_millis(20);
     let a = start_mock(MockConfig::openai("fast-a", models).with_delay(fast)).await;
     let b = start_mock(MockConfig::openai("fast-b", models).with_delay(fast)).await;
@@ -48,17 +48,19 @@ async fn least_outstanding_sends_clearly_fewer_requests_to_a_slow_endpoint_than_
     let gw = Arc::new(
         Gateway::over(
             &[&a, &b, &slow],
-            "balancing:\n  policy: least_outstanding\n  models:\n    m-rr: round_robin",
+            "balancing:\n  policy: least_outstanding\n  models:\n    m-rr: round_robin\n    m-lat: latency",
         )
         .await,
     );
 
     let rr = served_by(&gw, "m-rr").await;
     let lo = served_by(&gw, "m-lo").await;
+    let lat = served_by(&gw, "m-lat").await;
     let total = CLIENTS * EACH;
     let slow_rr = rr.get("slow").copied().unwrap_or(0);
     let slow_lo = lo.get("slow").copied().unwrap_or(0);
-    eprintln!("served: round robin {rr:?}, least outstanding {lo:?}");
+    let slow_lat = lat.get("slow").copied().unwrap_or(0);
+    eprintln!("served: round robin {rr:?}, least outstanding {lo:?}, latency {lat:?}");
     // Round robin gives each endpoint its turn: a third, whatever its speed.
     assert_eq!(slow_rr, total / 3, "{rr:?}");
     // Least outstanding sees the slow endpoint's requests pile up and sends it far fewer:
@@ -68,6 +70,12 @@ async fn least_outstanding_sends_clearly_fewer_requests_to_a_slow_endpoint_than_
         "round robin {rr:?}, least outstanding {lo:?}"
     );
     assert_eq!(lo.values().sum::<usize>(), total);
+    // Latency measures the slow endpoint once or twice, then sends it (almost) nothing.
+    assert!(
+        slow_lat * 4 < slow_rr,
+        "round robin {rr:?}, latency {lat:?}"
+    );
+    assert_eq!(lat.values().sum::<usize>(), total);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

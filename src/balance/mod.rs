@@ -5,6 +5,7 @@
 //! and built with the model's pool. The pool keeps it across discovery rounds while the pool's
 //! members do not change, so its state (a rotation's position) survives them.
 
+mod latency;
 mod least_outstanding;
 mod rotation;
 
@@ -15,6 +16,7 @@ use serde::Deserialize;
 
 use crate::upstream::Upstream;
 
+pub use latency::Latency;
 pub use least_outstanding::LeastOutstanding;
 pub use rotation::Rotation;
 
@@ -29,6 +31,8 @@ pub enum PolicyName {
     /// The less loaded of two endpoints picked at random (requests in flight).
     #[default]
     LeastOutstanding,
+    /// The faster of two endpoints picked at random (average time to first byte).
+    Latency,
 }
 
 /// Which policy each model uses.
@@ -51,6 +55,9 @@ pub trait Policy: Send + Sync {
     /// request to, among those `usable` accepts; `None` when it accepts none. `usable` has no
     /// side effects: the pool claims the chosen member afterwards.
     fn pick(&self, members: &[Arc<Upstream>], usable: &dyn Fn(usize) -> bool) -> Option<usize>;
+
+    /// A member answered a request with its response head after `ttfb`.
+    fn observe(&self, _member: usize, _ttfb: std::time::Duration) {}
 }
 
 /// The policy `name` for these members.
@@ -59,6 +66,7 @@ pub fn build(name: PolicyName, members: &[Arc<Upstream>]) -> Box<dyn Policy> {
         PolicyName::RoundRobin => Box::new(Rotation::new(members, false)),
         PolicyName::Weighted => Box::new(Rotation::new(members, true)),
         PolicyName::LeastOutstanding => Box::new(LeastOutstanding),
+        PolicyName::Latency => Box::new(Latency::new(members.len())),
     }
 }
 

@@ -62,6 +62,8 @@ pub struct RequestCtx {
     pub(super) overhead_recorded: bool,
     /// From the request head to the proxied response head.
     pub(super) ttfb: Option<std::time::Duration>,
+    /// When the current attempt's endpoint was chosen.
+    pub(super) attempt_started: Option<Instant>,
     /// The body sent upstream when it is not the client's: with `include_usage` added
     /// (`stream_usage: force`) and/or rewritten for a fallback model.
     pub(super) body_override: Option<Bytes>,

@@ -429,6 +429,7 @@ impl ProxyHttp for Gateway {
             }
         };
         ctx.tried.push(upstream.index);
+        ctx.attempt_started = Some(Instant::now());
         upstream.count_attempt();
         if let Some(parent) = &ctx.parent {
             parent.push(&upstream);
@@ -588,6 +589,10 @@ impl ProxyHttp for Gateway {
             if let Some(m) = crate::metrics::get() {
                 m.time_to_first_byte.observe(ttfb);
             }
+        }
+        if let (Some(Target::Model { pool, .. }), Some(t)) = (&ctx.target, ctx.attempt_started) {
+            // This attempt's own time: a failover's earlier attempts are not this endpoint's.
+            pool.observe_ttfb(upstream.index, t.elapsed());
         }
         if header.status.is_success() && matches!(ctx.target, Some(Target::Model { .. })) {
             let stream = failover::is_event_stream(header);
