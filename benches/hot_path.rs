@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use ai_proxy::balance::PolicyName;
+use ai_proxy::balance::{Balancing, PolicyName};
 use ai_proxy::endpoint::{ApiKey, Endpoint, EndpointKind};
 use ai_proxy::openai::peek_model;
 use ai_proxy::routes::Pool;
@@ -57,12 +57,16 @@ fn bench_select(c: &mut Criterion) {
         ("round_robin", PolicyName::RoundRobin),
         ("least_outstanding", PolicyName::LeastOutstanding),
     ] {
-        let pool = Pool::new("m", members.clone(), policy);
+        let balancing = Balancing {
+            default: policy,
+            ..Balancing::default()
+        };
+        let pool = Pool::new("m", members.clone(), &balancing);
         c.bench_function(&format!("pool_select_4_{name}"), |b| {
-            b.iter(|| pool.select(black_box(&[])).map(|u| u.index))
+            b.iter(|| pool.select(black_box(&[]), None).map(|u| u.index))
         });
         c.bench_function(&format!("pool_select_4_one_tried_{name}"), |b| {
-            b.iter(|| pool.select(black_box(&[1])).map(|u| u.index))
+            b.iter(|| pool.select(black_box(&[1]), None).map(|u| u.index))
         });
     }
 }

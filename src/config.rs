@@ -12,7 +12,7 @@ use pingora::server::configuration::ServerConf;
 use serde::Deserialize;
 
 use crate::access_log;
-use crate::balance::{Balancing, PolicyName};
+use crate::balance::{AffinityOptions, Balancing, KeySource, PolicyName};
 use crate::endpoint::{redact_userinfo, ApiKey, Endpoint, EndpointKind, Timeouts};
 use crate::health::HealthPolicy;
 
@@ -68,6 +68,15 @@ struct FileConfig {
 struct BalancingConfig {
     policy: Option<PolicyName>,
     models: Option<HashMap<String, PolicyName>>,
+    prefix_affinity: Option<AffinityConfig>,
+}
+
+/// `balancing.prefix_affinity:`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AffinityConfig {
+    key: Option<KeySource>,
+    epsilon: Option<f64>,
 }
 
 /// `health:`: passive health thresholds (see `health.rs`).
@@ -333,13 +342,7 @@ impl Config {
             health,
             probe_timeout,
             fallbacks: fallbacks(file.fallbacks.unwrap_or_default())?,
-            balancing: file
-                .balancing
-                .map(|b| Balancing {
-                    default: b.policy.unwrap_or_default(),
-                    models: b.models.unwrap_or_default(),
-                })
-                .unwrap_or_default(),
+            balancing: balancing(file.balancing.unwrap_or_default())?,
             endpoints,
         })
     }
@@ -366,6 +369,27 @@ fn seconds(field: &str, s: f64) -> Result<Duration, String> {
     } else {
         Err(format!("{field}: {s} is not between 0 and 86400 seconds"))
     }
+}
+
+/// `balancing:`, checked.
+fn balancing(b: BalancingConfig) -> Result<Balancing, String> {
+    let a = b.prefix_affinity.unwrap_or_default();
+    let defaults = AffinityOptions::default();
+    let epsilon = match a.epsilon {
+        None => defaults.epsilon,
+        Some(e) if e.is_finite() && (0.0..=10.0).contains(&e) => e,
+        Some(_) => {
+            return Err("balancing.prefix_affinity.epsilon: give a number from 0 to 10".into())
+        }
+    };
+    Ok(Balancing {
+        default: b.policy.unwrap_or_default(),
+        models: b.models.unwrap_or_default(),
+        affinity: AffinityOptions {
+            key: a.key.unwrap_or(defaults.key),
+            epsilon,
+        },
+    })
 }
 
 /// An endpoint's timeouts: its own `timeouts:` over the defaults.
@@ -673,6 +697,10 @@ endpoints:
             ("listen: localhost\n", "listen"),
             ("stream_usage: always\n", "stream_usage"),
             ("balancing:\n  policy: fastest\n", "balancing"),
+            (
+                "balancing:\n  prefix_affinity:\n    epsilon: -1\n",
+                "balancing.prefix_affinity.epsilon",
+            ),
             (
                 "endpoints:\n  - url: http://a\n    weight: 0\n",
                 "endpoints[0].weight",

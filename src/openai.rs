@@ -24,6 +24,17 @@ pub struct RequestFields<'a> {
     stream: Option<&'a RawValue>,
     #[serde(borrow, default)]
     stream_options: Option<&'a RawValue>,
+    /// What a conversation is known by, for `prefix_affinity` (kept raw: read only then).
+    #[serde(borrow, default)]
+    pub user: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    pub prompt_cache_key: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    pub messages: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    pub prompt: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    pub input: Option<&'a RawValue>,
 }
 
 impl RequestFields<'_> {

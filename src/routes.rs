@@ -10,7 +10,7 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::HeaderValue;
 
-use crate::balance::{self, Policy, PolicyName};
+use crate::balance::{self, Balancing, Policy, PolicyName};
 use crate::endpoint::Endpoint;
 use crate::health::Status;
 use crate::metrics::RouteCounters;
@@ -32,7 +32,8 @@ pub struct Pool {
 impl Pool {
     /// A pool of upstreams; ones whose address repeats an earlier member's are dropped (the
     /// balancer identifies members by address).
-    pub fn new(model: &str, mut members: Vec<Arc<Upstream>>, policy_name: PolicyName) -> Pool {
+    pub fn new(model: &str, mut members: Vec<Arc<Upstream>>, balancing: &Balancing) -> Pool {
+        let policy_name = balancing.policy_for(model);
         members.sort_by_key(|u| u.index);
         let mut seen = std::collections::HashSet::new();
         members.retain(|u| {
@@ -46,7 +47,7 @@ impl Pool {
             }
             unique
         });
-        let policy = balance::build(policy_name, &members);
+        let policy = balance::build(policy_name, &members, balancing);
         let counters = crate::metrics::get().map_or_else(Vec::new, |m| {
             members
                 .iter()
@@ -92,7 +93,7 @@ impl Pool {
     /// The upstream the policy picks, skipping endpoints already tried for this request and
     /// endpoints out of service (ejected, or held by a `Retry-After`). May claim an endpoint's
     /// post-cooldown trial, so call it only to send a request.
-    pub fn select(&self, tried: &[usize]) -> Option<&Arc<Upstream>> {
+    pub fn select(&self, tried: &[usize], affinity: Option<u64>) -> Option<&Arc<Upstream>> {
         // Members whose trial another request claimed between the pick and the claim.
         let mut claimed_elsewhere: Vec<usize> = Vec::new();
         // Bounded: each turn either returns or rules one more member out.
@@ -103,13 +104,18 @@ impl Pool {
                     && m.endpoint.health.may_admit()
                     && !claimed_elsewhere.contains(&i)
             };
-            let i = self.policy.pick(&self.members, &usable)?;
+            let i = self.policy.pick(&self.members, affinity, &usable)?;
             if self.members[i].endpoint.health.admits() {
                 return Some(&self.members[i]);
             }
             claimed_elsewhere.push(i);
         }
         None
+    }
+
+    /// Whether requests to this pool need their affinity key.
+    pub fn wants_affinity(&self) -> bool {
+        self.policy.wants_affinity()
     }
 
     /// The member with endpoint index `index` answered with its response head after `ttfb`.
@@ -223,23 +229,30 @@ mod tests {
         Arc::new(Upstream::new(ep, index, ([127, 0, 0, 1], port).into()))
     }
 
+    fn round_robin() -> Balancing {
+        Balancing {
+            default: PolicyName::RoundRobin,
+            ..Balancing::default()
+        }
+    }
+
     #[test]
     fn round_robin_spreads_and_skips_tried() {
-        let pool = Pool::new("m", vec![up(1, 2), up(0, 1)], PolicyName::RoundRobin);
+        let pool = Pool::new("m", vec![up(1, 2), up(0, 1)], &round_robin());
         let mut counts = [0; 2];
         for _ in 0..10 {
-            counts[pool.select(&[]).unwrap().index] += 1;
+            counts[pool.select(&[], None).unwrap().index] += 1;
         }
         assert_eq!(counts, [5, 5]);
         for _ in 0..4 {
-            assert_eq!(pool.select(&[0]).unwrap().index, 1);
+            assert_eq!(pool.select(&[0], None).unwrap().index, 1);
         }
-        assert!(pool.select(&[0, 1]).is_none());
+        assert!(pool.select(&[0, 1], None).is_none());
     }
 
     #[test]
     fn membership_comparison() {
-        let pool = Pool::new("m", vec![up(0, 1), up(1, 2)], PolicyName::RoundRobin);
+        let pool = Pool::new("m", vec![up(0, 1), up(1, 2)], &round_robin());
         assert!(pool.same_members(&[up(1, 2), up(0, 1)]));
         assert!(pool.reusable_for(&[up(1, 2), up(0, 1)], PolicyName::RoundRobin));
         assert!(!pool.reusable_for(&[up(1, 2), up(0, 1)], PolicyName::LeastOutstanding));
@@ -249,7 +262,7 @@ mod tests {
 
     #[test]
     fn duplicate_addresses_collapse() {
-        let pool = Pool::new("m", vec![up(0, 1), up(1, 1)], PolicyName::RoundRobin);
+        let pool = Pool::new("m", vec![up(0, 1), up(1, 1)], &round_robin());
         assert_eq!(pool.len(), 1);
         assert!(pool.same_members(&[up(0, 1), up(1, 1)]));
     }

@@ -101,3 +101,107 @@ async fn weighted_follows_the_endpoint_weights() {
     assert_eq!(counts["a"], 10, "{counts:?}");
     assert_eq!(counts["b"], 30, "{counts:?}");
 }
+
+/// A chat turn of conversation `c`: the opening question, then `turn` more exchanges.
+fn turn_body(c: usize, turn: usize) -> String {
+    let mut messages = vec![
+        serde_json::json!({"role": "system", "content": "You are a helpful assistant."}),
+        serde_json::json!({"role": "user", "content": format!("Conversation {c}: tell me a story.")}),
+    ];
+    for t in 0..turn {
+        messages.push(serde_json::json!({"role": "assistant", "content": format!("Part {t}.")}));
+        messages.push(serde_json::json!({"role": "user", "content": "Go on."}));
+    }
+    serde_json::json!({"model": "m", "messages": messages}).to_string()
+}
+
+async fn send_turn(gw: &Gateway, c: usize, turn: usize) -> String {
+    let r = post_json(&gw.at("/v1/chat/completions"), turn_body(c, turn), &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.header("x-ai-proxy-endpoint").unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefix_affinity_keeps_a_conversation_on_one_endpoint_and_moves_it_when_ejected() {
+    let mocks = [
+        start_mock(MockConfig::openai("e0", ["m"])).await,
+        start_mock(MockConfig::openai("e1", ["m"])).await,
+        start_mock(MockConfig::openai("e2", ["m"])).await,
+    ];
+    let gw = Gateway::over(
+        &[&mocks[0], &mocks[1], &mocks[2]],
+        "balancing:\n  policy: prefix_affinity\nhealth:\n  failure_threshold: 1\n  ejection_secs: 60",
+    )
+    .await;
+
+    // Every turn of each conversation reaches the endpoint of its first turn.
+    let mut homes = Vec::new();
+    for c in 0..6 {
+        let home = send_turn(&gw, c, 0).await;
+        for turn in 1..5 {
+            assert_eq!(
+                send_turn(&gw, c, turn).await,
+                home,
+                "conversation {c}, turn {turn}"
+            );
+        }
+        homes.push(home);
+    }
+
+    // Conversation 0's endpoint fails: that turn fails over, the endpoint is ejected, and the
+    // later turns all go to one other endpoint.
+    let home = &homes[0];
+    let failing = mocks.iter().find(|m| m.name() == home).unwrap();
+    failing.set_fault(Some(ai_proxy::mock::Fault::Status {
+        status: 503,
+        retry_after: None,
+    }));
+    let moved = send_turn(&gw, 0, 5).await;
+    assert_ne!(&moved, home);
+    for turn in 6..10 {
+        assert_eq!(
+            send_turn(&gw, 0, turn).await,
+            moved,
+            "turn {turn} after the ejection"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefix_affinity_spreads_one_hot_key_within_the_load_bound() {
+    let delay = Duration::from_millis(400);
+    let mocks = [
+        start_mock(MockConfig::openai("h0", ["m"]).with_delay(delay)).await,
+        start_mock(MockConfig::openai("h1", ["m"]).with_delay(delay)).await,
+        start_mock(MockConfig::openai("h2", ["m"]).with_delay(delay)).await,
+    ];
+    let gw = Arc::new(
+        Gateway::over(
+            &[&mocks[0], &mocks[1], &mocks[2]],
+            "balancing:\n  policy: prefix_affinity\n  prefix_affinity:\n    epsilon: 0.25",
+        )
+        .await,
+    );
+    // Nine requests of one user, 20 ms apart, each held 400 ms upstream: all in flight
+    // together, each chosen once the one before it is counted in flight.
+    let requests: Vec<_> = (0..9u64)
+        .map(|i| {
+            let gw = gw.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(20 * i)).await;
+                let body = serde_json::json!({"model": "m", "user": "hot-user",
+                    "messages": [{"role": "user", "content": "hi"}]});
+                let r = post_json(&gw.at("/v1/chat/completions"), body.to_string(), &[]).await;
+                assert_eq!(r.status, 200);
+                r.header("x-ai-proxy-endpoint").unwrap().to_string()
+            })
+        })
+        .collect();
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for r in requests {
+        *counts.entry(r.await.unwrap()).or_default() += 1;
+    }
+    // No endpoint above ceil(1.25 x 9 / 3) = 4 at once; the key's home takes the most.
+    assert!(counts.values().all(|&n| n <= 4), "{counts:?}");
+    assert!(counts.len() >= 2, "{counts:?}");
+}

@@ -106,7 +106,12 @@ impl Latency {
 }
 
 impl Policy for Latency {
-    fn pick(&self, members: &[Arc<Upstream>], usable: &dyn Fn(usize) -> bool) -> Option<usize> {
+    fn pick(
+        &self,
+        members: &[Arc<Upstream>],
+        _affinity: Option<u64>,
+        usable: &dyn Fn(usize) -> bool,
+    ) -> Option<usize> {
         let in_flight = |m: usize| members[m].endpoint.in_flight();
         let n = members.len().min(self.average.len());
         self.pick_at(n, usable, &in_flight, Instant::now())

@@ -13,7 +13,12 @@ use crate::upstream::Upstream;
 pub struct LeastOutstanding;
 
 impl Policy for LeastOutstanding {
-    fn pick(&self, members: &[Arc<Upstream>], usable: &dyn Fn(usize) -> bool) -> Option<usize> {
+    fn pick(
+        &self,
+        members: &[Arc<Upstream>],
+        _affinity: Option<u64>,
+        usable: &dyn Fn(usize) -> bool,
+    ) -> Option<usize> {
         let (a, b) = two_at_random(members.len(), usable)?;
         let Some(b) = b else {
             return Some(a);
@@ -63,7 +68,7 @@ mod tests {
         let m = test_members(&[1, 1]);
         let _busy: Vec<_> = (0..3).map(|_| m[0].endpoint.start_request()).collect();
         for _ in 0..50 {
-            assert_eq!(LeastOutstanding.pick(&m, &|_| true), Some(1));
+            assert_eq!(LeastOutstanding.pick(&m, None, &|_| true), Some(1));
         }
     }
 
@@ -72,7 +77,7 @@ mod tests {
         let m = test_members(&[1, 1]);
         let mut c = [0; 2];
         for _ in 0..2000 {
-            c[LeastOutstanding.pick(&m, &|_| true).unwrap()] += 1;
+            c[LeastOutstanding.pick(&m, None, &|_| true).unwrap()] += 1;
         }
         assert!(c.iter().all(|&n| n > 800), "{c:?}");
     }
@@ -88,7 +93,7 @@ mod tests {
             .collect();
         let mut c = [0; 3];
         for _ in 0..3000 {
-            c[LeastOutstanding.pick(&m, &|_| true).unwrap()] += 1;
+            c[LeastOutstanding.pick(&m, None, &|_| true).unwrap()] += 1;
         }
         assert_eq!(c[2], 0, "{c:?}");
         assert!(c[0] > 1800 && c[1] > 800, "{c:?}");
@@ -98,9 +103,9 @@ mod tests {
     fn only_usable_members_and_a_lone_one() {
         let m = test_members(&[1, 1, 1]);
         for _ in 0..20 {
-            assert_eq!(LeastOutstanding.pick(&m, &|i| i == 1), Some(1));
+            assert_eq!(LeastOutstanding.pick(&m, None, &|i| i == 1), Some(1));
         }
-        assert_eq!(LeastOutstanding.pick(&m, &|_| false), None);
+        assert_eq!(LeastOutstanding.pick(&m, None, &|_| false), None);
         // Uniform draws: each of 3 members is in a pair about 2/3 of the time.
         let mut drawn = [0; 3];
         for _ in 0..3000 {

@@ -5,8 +5,10 @@
 //! and built with the model's pool. The pool keeps it across discovery rounds while the pool's
 //! members do not change, so its state (a rotation's position) survives them.
 
+pub mod affinity_key;
 mod latency;
 mod least_outstanding;
+mod prefix_affinity;
 mod rotation;
 
 use std::collections::HashMap;
@@ -16,8 +18,10 @@ use serde::Deserialize;
 
 use crate::upstream::Upstream;
 
+pub use affinity_key::KeySource;
 pub use latency::Latency;
 pub use least_outstanding::LeastOutstanding;
+pub use prefix_affinity::PrefixAffinity;
 pub use rotation::Rotation;
 
 /// A policy's name, as the config writes it.
@@ -33,14 +37,34 @@ pub enum PolicyName {
     LeastOutstanding,
     /// The faster of two endpoints picked at random (average time to first byte).
     Latency,
+    /// The endpoint a conversation's key hashes to, within a load bound.
+    PrefixAffinity,
+}
+
+/// `balancing.prefix_affinity`: its key and load bound.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AffinityOptions {
+    pub key: KeySource,
+    /// An endpoint takes a keyed request while under `(1 + epsilon)` x the pool's mean load.
+    pub epsilon: f64,
+}
+
+impl Default for AffinityOptions {
+    fn default() -> Self {
+        AffinityOptions {
+            key: KeySource::Auto,
+            epsilon: 0.25,
+        }
+    }
 }
 
 /// Which policy each model uses.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Balancing {
     pub default: PolicyName,
     /// Per-model overrides.
     pub models: HashMap<String, PolicyName>,
+    pub affinity: AffinityOptions,
 }
 
 impl Balancing {
@@ -53,16 +77,30 @@ impl Balancing {
 pub trait Policy: Send + Sync {
     /// The member (an index into `members`, which are sorted by endpoint index) to send a
     /// request to, among those `usable` accepts; `None` when it accepts none. `usable` has no
-    /// side effects: the pool claims the chosen member afterwards.
-    fn pick(&self, members: &[Arc<Upstream>], usable: &dyn Fn(usize) -> bool) -> Option<usize>;
+    /// side effects: the pool claims the chosen member afterwards. `affinity`: the request's
+    /// affinity key, when the policy wants one.
+    fn pick(
+        &self,
+        members: &[Arc<Upstream>],
+        affinity: Option<u64>,
+        usable: &dyn Fn(usize) -> bool,
+    ) -> Option<usize>;
+
+    /// Whether requests need their affinity key worked out for this policy.
+    fn wants_affinity(&self) -> bool {
+        false
+    }
 
     /// A member answered a request with its response head after `ttfb`.
     fn observe(&self, _member: usize, _ttfb: std::time::Duration) {}
 }
 
 /// The policy `name` for these members.
-pub fn build(name: PolicyName, members: &[Arc<Upstream>]) -> Box<dyn Policy> {
+pub fn build(name: PolicyName, members: &[Arc<Upstream>], options: &Balancing) -> Box<dyn Policy> {
     match name {
+        PolicyName::PrefixAffinity => {
+            Box::new(PrefixAffinity::new(members, options.affinity.epsilon))
+        }
         PolicyName::RoundRobin => Box::new(Rotation::new(members, false)),
         PolicyName::Weighted => Box::new(Rotation::new(members, true)),
         PolicyName::LeastOutstanding => Box::new(LeastOutstanding),

@@ -44,7 +44,12 @@ impl Rotation {
 }
 
 impl Policy for Rotation {
-    fn pick(&self, _members: &[Arc<Upstream>], usable: &dyn Fn(usize) -> bool) -> Option<usize> {
+    fn pick(
+        &self,
+        _members: &[Arc<Upstream>],
+        _affinity: Option<u64>,
+        usable: &dyn Fn(usize) -> bool,
+    ) -> Option<usize> {
         let b = self.lb.select_with(b"", self.full_turn * 2, |b, _| {
             b.ext.get::<usize>().is_some_and(|&i| usable(i))
         })?;
@@ -60,7 +65,7 @@ mod tests {
     fn counts(p: &dyn Policy, members: &[Arc<Upstream>], n: usize) -> Vec<usize> {
         let mut c = vec![0; members.len()];
         for _ in 0..n {
-            c[p.pick(members, &|_| true).unwrap()] += 1;
+            c[p.pick(members, None, &|_| true).unwrap()] += 1;
         }
         c
     }
@@ -82,8 +87,8 @@ mod tests {
         let m = test_members(&[1, 1, 1]);
         let p = Rotation::new(&m, true);
         for _ in 0..10 {
-            assert_eq!(p.pick(&m, &|i| i == 2), Some(2));
+            assert_eq!(p.pick(&m, None, &|i| i == 2), Some(2));
         }
-        assert_eq!(p.pick(&m, &|_| false), None);
+        assert_eq!(p.pick(&m, None, &|_| false), None);
     }
 }

@@ -53,7 +53,7 @@ pub fn build_routes(
         .map(|(model, ups)| {
             let pool = match previous.pool(model) {
                 Some(p) if p.reusable_for(&ups, balancing.policy_for(model)) => p.clone(),
-                _ => Arc::new(Pool::new(model, ups, balancing.policy_for(model))),
+                _ => Arc::new(Pool::new(model, ups, balancing)),
             };
             (model.to_string(), pool)
         })

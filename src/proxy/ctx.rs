@@ -62,6 +62,8 @@ pub struct RequestCtx {
     pub(super) overhead_recorded: bool,
     /// From the request head to the proxied response head.
     pub(super) ttfb: Option<std::time::Duration>,
+    /// The request's affinity key (`prefix_affinity` pools).
+    pub(super) affinity: Option<u64>,
     /// When the current attempt's endpoint was chosen.
     pub(super) attempt_started: Option<Instant>,
     /// The body sent upstream when it is not the client's: with `include_usage` added

@@ -25,6 +25,8 @@ pub(super) struct SubrequestRoute {
     pub can_fall_back: bool,
     /// The gateway asked for the stream's usage chunk: it is removed from the client's bytes.
     pub strip_usage: bool,
+    /// The request's affinity key.
+    pub affinity: Option<u64>,
     /// The client session's request id (the subrequest's copied head may not have it).
     pub request_id: Option<http::HeaderValue>,
     /// When the client's request head was read.

@@ -30,6 +30,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
+use crate::balance::affinity_key;
 use crate::config::{Config, StreamUsage};
 use crate::error::{ErrorKind, Rendered};
 use crate::openai::{peek_request, with_include_usage, PeekError};
@@ -55,6 +56,16 @@ const MODEL_ROUTES: &[&str] = &[
     "/v1/responses",
 ];
 
+/// Where a request goes, as its body says.
+struct Routed {
+    target: Target,
+    /// The gateway is to ask for the stream's usage (`stream_usage: force`, a stream whose
+    /// client did not).
+    force_usage: bool,
+    /// The request's affinity key, when its pool's policy wants one.
+    affinity: Option<u64>,
+}
+
 /// The gateway's proxy logic.
 pub struct Gateway {
     routes: SharedRoutes,
@@ -68,6 +79,8 @@ pub struct Gateway {
     force_stream_usage: bool,
     /// Metrics or the access log want each answer's token usage.
     count_tokens: bool,
+    /// Where `prefix_affinity` pools read a request's key from.
+    affinity_key: affinity_key::KeySource,
 }
 
 impl Gateway {
@@ -82,17 +95,21 @@ impl Gateway {
             active,
             force_stream_usage: config.stream_usage == StreamUsage::Force,
             count_tokens: config.metrics || config.access_log != crate::access_log::Target::Off,
+            affinity_key: config.balancing.affinity.key,
         }
     }
 
-    /// Decide the target of a proxied request from its body, and whether the gateway is to
-    /// ask for its stream's usage (`stream_usage: force`, a stream whose client did not).
-    fn target(&self, session: &Session, routes: &Routes, body: &[u8]) -> Result<(Target, bool)> {
+    /// Decide the target of a proxied request from its body.
+    fn target(&self, session: &Session, routes: &Routes, body: &[u8]) -> Result<Routed> {
         let default = || {
             routes
                 .default_upstream
                 .clone()
-                .map(|u| (Target::Default(u), false))
+                .map(|u| Routed {
+                    target: Target::Default(u),
+                    force_usage: false,
+                    affinity: None,
+                })
                 .ok_or_else(|| ErrorKind::NoHealthyEndpoint.err("no endpoint is reachable yet"))
         };
         if body.is_empty() || is_multipart(session) {
@@ -110,8 +127,8 @@ impl Gateway {
         let force_usage = self.force_stream_usage
             && STREAM_USAGE_ROUTES.contains(&path)
             && fields.stream_without_usage();
-        let model = match fields.model {
-            Some(m) => m.into_owned(),
+        let model = match fields.model.as_deref() {
+            Some(m) => m.to_owned(),
             None if MODEL_ROUTES.contains(&path) => {
                 return Err(
                     ErrorKind::InvalidRequest.err("the request body needs a string `model` field")
@@ -120,13 +137,23 @@ impl Gateway {
             None => return default(),
         };
         match routes.pool(&model) {
-            Some(pool) => Ok((
-                Target::Model {
-                    pool: pool.clone(),
-                    model,
-                },
-                force_usage,
-            )),
+            Some(pool) => {
+                let affinity = pool.wants_affinity().then(|| {
+                    let session_id = session
+                        .req_header()
+                        .headers
+                        .get(affinity_key::SESSION_HEADER);
+                    affinity_key::key(self.affinity_key, &fields, session_id.map(|v| v.as_bytes()))
+                });
+                Ok(Routed {
+                    target: Target::Model {
+                        pool: pool.clone(),
+                        model,
+                    },
+                    force_usage,
+                    affinity: affinity.flatten(),
+                })
+            }
             None if !routes.ready => Err(ErrorKind::NoHealthyEndpoint
                 .err("model discovery has not completed yet; retry shortly")),
             None => Err(ErrorKind::ModelNotFound.err(format!(
@@ -166,6 +193,7 @@ impl Gateway {
                 attempts: attempts.clone(),
                 can_fall_back: ctx.fallbacks.as_ref().is_some_and(|f| f.available()),
                 strip_usage: ctx.usage_forced,
+                affinity: ctx.affinity,
                 request_id: ctx.request_id.clone(),
                 started: ctx.started,
             };
@@ -334,6 +362,7 @@ impl ProxyHttp for Gateway {
             ctx.started = route.started;
             ctx.parent_can_fall_back = route.can_fall_back;
             ctx.usage_forced = route.strip_usage;
+            ctx.affinity = route.affinity;
             let body_len = route.body_len;
             // Its request head is a copy of the client's as received: when the body was
             // rewritten for a fallback model, its length is not the client's.
@@ -371,7 +400,12 @@ impl ProxyHttp for Gateway {
             };
         }
         let original = body::read(session, self.max_body_bytes, self.body_deadline).await?;
-        let (target, force_usage) = self.target(session, &routes, &original)?;
+        let Routed {
+            target,
+            force_usage,
+            affinity,
+        } = self.target(session, &routes, &original)?;
+        ctx.affinity = affinity;
         if force_usage {
             ctx.body_override = with_include_usage(&original);
             ctx.usage_forced = ctx.body_override.is_some();
@@ -414,7 +448,7 @@ impl ProxyHttp for Gateway {
                 Some(Target::Model { model, pool }) => {
                     // `select` may claim an endpoint's trial: only call it to send.
                     if ctx.tried.len() < self.max_attempts as usize {
-                        if let Some(u) = pool.select(&ctx.tried) {
+                        if let Some(u) = pool.select(&ctx.tried, ctx.affinity) {
                             break u.clone();
                         }
                     }
