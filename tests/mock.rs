@@ -999,3 +999,28 @@ async fn set_fault_none_restores_normal_answers() {
     assert_eq!(inference_requests(&a).len(), 9);
     assert_eq!(b.request_count(), 3);
 }
+
+/// `max_concurrency`: requests beyond the slots wait for one before their delay starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mock_serves_at_most_its_slots_at_once() {
+    let delay = std::time::Duration::from_millis(100);
+    let mock = start_mock(
+        MockConfig::openai("slots", ["m"])
+            .with_delay(delay)
+            .with_max_concurrency(1),
+    )
+    .await;
+    let url = format!("{}/v1/chat/completions", mock.url());
+    let started = std::time::Instant::now();
+    let requests: Vec<_> = (0..3)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { post_json(&url, chat_body("m", false), &[]).await.status })
+        })
+        .collect();
+    for r in requests {
+        assert_eq!(r.await.unwrap(), 200);
+    }
+    // One at a time: three delays in a row.
+    assert!(started.elapsed() >= delay * 3, "{:?}", started.elapsed());
+}

@@ -192,7 +192,19 @@ async fn answer(
     if fault == Some(Fault::Hang) {
         return hang().await;
     }
-    let ov = Overrides::new(shared, &parts.headers);
+    // Held until the answer is built: a busy server makes later requests wait.
+    let _slot = match (&shared.slots, parts.method == Method::POST) {
+        (Some(slots), true) => slots.acquire().await.ok(),
+        _ => None,
+    };
+    let mut ov = Overrides::new(shared, &parts.headers);
+    if let Some(cache) = &shared.prefix_cache {
+        let asked = parts.headers.contains_key("x-mock-delay-ms");
+        if parts.method == Method::POST && !asked {
+            let req = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+            ov.delay = cache.delay(&req);
+        }
+    }
     if !ov.delay.is_zero() {
         tokio::time::sleep(ov.delay).await;
     }

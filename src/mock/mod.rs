@@ -62,10 +62,12 @@
 mod body;
 mod fault;
 mod handler;
+mod prefix_cache;
 mod shapes;
 mod tls;
 
 pub use fault::Fault;
+pub use prefix_cache::PrefixCache;
 pub use tls::MockTls;
 
 use std::convert::Infallible;
@@ -128,6 +130,11 @@ pub struct MockConfig {
     pub response_delay: Duration,
     /// Misbehave on inference requests from the start (see [`MockServer::set_fault`]).
     pub fault: Option<Fault>,
+    /// Time inference answers like a server with a prefix cache (in place of `response_delay`).
+    pub prefix_cache: Option<PrefixCache>,
+    /// Inference requests served at once, at most (a model server's batch); later ones wait
+    /// for a free slot before their delay starts, so a busy server's answers slow down.
+    pub max_concurrency: Option<usize>,
 }
 
 impl MockConfig {
@@ -147,6 +154,8 @@ impl MockConfig {
             sse_interval: Duration::ZERO,
             response_delay: Duration::ZERO,
             fault: None,
+            prefix_cache: None,
+            max_concurrency: None,
         }
     }
 
@@ -184,6 +193,16 @@ impl MockConfig {
     pub fn with_sse(mut self, events: usize, interval: Duration) -> Self {
         self.sse_events = events;
         self.sse_interval = interval;
+        self
+    }
+
+    pub fn with_max_concurrency(mut self, slots: usize) -> Self {
+        self.max_concurrency = Some(slots.max(1));
+        self
+    }
+
+    pub fn with_prefix_cache(mut self, cache: PrefixCache) -> Self {
+        self.prefix_cache = Some(cache);
         self
     }
 
@@ -262,6 +281,9 @@ pub(crate) struct Shared {
     pub(crate) sse_events: usize,
     pub(crate) sse_interval: Duration,
     pub(crate) response_delay: Duration,
+    pub(crate) prefix_cache: Option<prefix_cache::SeenPrefixes>,
+    /// `max_concurrency`: the free slots.
+    pub(crate) slots: Option<tokio::sync::Semaphore>,
     pub(crate) models: RwLock<Vec<String>>,
     pub(crate) dnt_table: RwLock<Option<Bytes>>,
     pub(crate) discovery_failing: AtomicBool,
@@ -334,6 +356,8 @@ impl MockServer {
             sse_events: cfg.sse_events,
             sse_interval: cfg.sse_interval,
             response_delay: cfg.response_delay,
+            prefix_cache: cfg.prefix_cache.map(prefix_cache::SeenPrefixes::new),
+            slots: cfg.max_concurrency.map(tokio::sync::Semaphore::new),
             models: RwLock::new(cfg.models),
             dnt_table: RwLock::new(cfg.dnt_table),
             discovery_failing: AtomicBool::new(false),
