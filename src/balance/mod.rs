@@ -11,9 +11,13 @@ mod least_outstanding;
 mod prefix_affinity;
 mod rotation;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
+use futures::FutureExt;
+use pingora::lb::discovery::Static;
+use pingora::lb::selection::{BackendIter, BackendSelection};
+use pingora::lb::{Backend, Backends, LoadBalancer};
 use serde::Deserialize;
 
 use crate::upstream::Upstream;
@@ -106,6 +110,53 @@ pub fn build(name: PolicyName, members: &[Arc<Upstream>], options: &Balancing) -
         PolicyName::LeastOutstanding => Box::new(LeastOutstanding),
         PolicyName::Latency => Box::new(Latency::new(members.len())),
     }
+}
+
+/// A Pingora balancer over `members` with these weights. Each backend carries its member's
+/// position, so a pick needs no search by address. Returns it with the sum of the weights.
+fn pingora_balancer<S>(
+    members: &[Arc<Upstream>],
+    weight: impl Fn(&Upstream) -> usize,
+) -> (LoadBalancer<S>, usize)
+where
+    S: BackendSelection + 'static,
+    S::Iter: BackendIter,
+{
+    let backends: BTreeSet<Backend> = members
+        .iter()
+        .enumerate()
+        .map(|(i, u)| {
+            let mut b = Backend {
+                addr: pingora::protocols::l4::socket::SocketAddr::Inet(u.addr),
+                weight: weight(u),
+                ext: Default::default(),
+            };
+            b.ext.insert(i);
+            b
+        })
+        .collect();
+    let total = backends.iter().map(|b| b.weight).sum::<usize>().max(1);
+    let lb = LoadBalancer::from_backends(Backends::new(Static::new(backends)));
+    // A static member list: the update neither waits nor fails.
+    let _ = lb.update().now_or_never();
+    (lb, total)
+}
+
+/// The first member `lb` yields for `key` that `accept` takes, within `steps`.
+fn pingora_pick<S>(
+    lb: &LoadBalancer<S>,
+    key: &[u8],
+    steps: usize,
+    accept: &dyn Fn(usize) -> bool,
+) -> Option<usize>
+where
+    S: BackendSelection + 'static,
+    S::Iter: BackendIter,
+{
+    let b = lb.select_with(key, steps, |b, _| {
+        b.ext.get::<usize>().is_some_and(|&i| accept(i))
+    })?;
+    b.ext.get::<usize>().copied()
 }
 
 /// Members for unit tests: endpoints `http://127.0.0.1:<port>` with these weights.

@@ -7,15 +7,12 @@
 //! conversation from piling onto one server; the ring keeps the detour stable. A request with
 //! no key goes to the least loaded of two random endpoints.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use futures::FutureExt;
-use pingora::lb::discovery::Static;
 use pingora::lb::selection::Consistent;
-use pingora::lb::{Backend, Backends, LoadBalancer};
+use pingora::lb::LoadBalancer;
 
-use super::{LeastOutstanding, Policy};
+use super::{pingora_balancer, pingora_pick, LeastOutstanding, Policy};
 use crate::upstream::Upstream;
 
 pub struct PrefixAffinity {
@@ -27,22 +24,7 @@ pub struct PrefixAffinity {
 
 impl PrefixAffinity {
     pub fn new(members: &[Arc<Upstream>], epsilon: f64) -> PrefixAffinity {
-        let backends: BTreeSet<Backend> = members
-            .iter()
-            .enumerate()
-            .map(|(i, u)| {
-                let mut b = Backend {
-                    addr: pingora::protocols::l4::socket::SocketAddr::Inet(u.addr),
-                    weight: 1,
-                    ext: Default::default(),
-                };
-                b.ext.insert(i);
-                b
-            })
-            .collect();
-        let ring = LoadBalancer::from_backends(Backends::new(Static::new(backends)));
-        // A static member list: the update neither waits nor fails.
-        let _ = ring.update().now_or_never();
+        let (ring, _) = pingora_balancer(members, |_| 1);
         PrefixAffinity {
             ring,
             epsilon,
@@ -52,12 +34,7 @@ impl PrefixAffinity {
 
     /// The first member on the ring from `key` that `accept` takes.
     fn walk(&self, key: u64, accept: &dyn Fn(usize) -> bool) -> Option<usize> {
-        let b = self
-            .ring
-            .select_with(&key.to_le_bytes(), self.full_turn, |b, _| {
-                b.ext.get::<usize>().is_some_and(|&i| accept(i))
-            })?;
-        b.ext.get::<usize>().copied()
+        pingora_pick(&self.ring, &key.to_le_bytes(), self.full_turn, accept)
     }
 
     fn pick_with_loads(

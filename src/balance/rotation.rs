@@ -1,15 +1,12 @@
 //! `round_robin` and `weighted`: each endpoint in turn, each as often as its weight for
 //! `weighted`. Pingora's weighted round robin does the turning.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use futures::FutureExt;
-use pingora::lb::discovery::Static;
 use pingora::lb::selection::RoundRobin;
-use pingora::lb::{Backend, Backends, LoadBalancer};
+use pingora::lb::LoadBalancer;
 
-use super::Policy;
+use super::{pingora_balancer, pingora_pick, Policy};
 use crate::upstream::Upstream;
 
 pub struct Rotation {
@@ -20,25 +17,8 @@ pub struct Rotation {
 
 impl Rotation {
     pub fn new(members: &[Arc<Upstream>], weighted: bool) -> Rotation {
-        let backends: BTreeSet<Backend> = members
-            .iter()
-            .enumerate()
-            .map(|(i, u)| {
-                let weight = if weighted { u.endpoint.weight } else { 1 };
-                let mut b = Backend {
-                    addr: pingora::protocols::l4::socket::SocketAddr::Inet(u.addr),
-                    weight,
-                    ext: Default::default(),
-                };
-                // The member's position, so a pick needs no search by address.
-                b.ext.insert(i);
-                b
-            })
-            .collect();
-        let full_turn = backends.iter().map(|b| b.weight).sum::<usize>().max(1);
-        let lb = LoadBalancer::from_backends(Backends::new(Static::new(backends)));
-        // A static member list: the update neither waits nor fails.
-        let _ = lb.update().now_or_never();
+        let (lb, full_turn) =
+            pingora_balancer(members, |u| if weighted { u.endpoint.weight } else { 1 });
         Rotation { lb, full_turn }
     }
 }
@@ -50,10 +30,7 @@ impl Policy for Rotation {
         _affinity: Option<u64>,
         usable: &dyn Fn(usize) -> bool,
     ) -> Option<usize> {
-        let b = self.lb.select_with(b"", self.full_turn * 2, |b, _| {
-            b.ext.get::<usize>().is_some_and(|&i| usable(i))
-        })?;
-        b.ext.get::<usize>().copied()
+        pingora_pick(&self.lb, b"", self.full_turn * 2, usable)
     }
 }
 
