@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::least_outstanding::two_at_random;
+use super::least_outstanding::cheaper_of_two;
 use super::Policy;
 use crate::upstream::Upstream;
 
@@ -73,17 +73,7 @@ impl Latency {
         in_flight: &dyn Fn(usize) -> usize,
         now: Instant,
     ) -> Option<usize> {
-        let (a, b) = two_at_random(n, usable)?;
-        let Some(b) = b else {
-            return Some(a);
-        };
-        let sa = self.expected(a, in_flight(a), now);
-        let sb = self.expected(b, in_flight(b), now);
-        Some(if sa < sb || (sa == sb && fastrand::bool()) {
-            a
-        } else {
-            b
-        })
+        cheaper_of_two(n, usable, |m| self.expected(m, in_flight(m), now))
     }
 
     fn observe_at(&self, member: usize, ttfb: Duration, now: Instant) {

@@ -19,21 +19,29 @@ impl Policy for LeastOutstanding {
         _affinity: Option<u64>,
         usable: &dyn Fn(usize) -> bool,
     ) -> Option<usize> {
-        let (a, b) = two_at_random(members.len(), usable)?;
-        let Some(b) = b else {
-            return Some(a);
-        };
-        let (load_a, load_b) = (
-            members[a].endpoint.in_flight(),
-            members[b].endpoint.in_flight(),
-        );
-        Some(match load_a.cmp(&load_b) {
-            std::cmp::Ordering::Less => a,
-            std::cmp::Ordering::Greater => b,
-            std::cmp::Ordering::Equal if fastrand::bool() => a,
-            std::cmp::Ordering::Equal => b,
+        cheaper_of_two(members.len(), usable, |m| {
+            members[m].endpoint.in_flight() as f64
         })
     }
+}
+
+/// The power of two choices: of two usable members drawn at random, the one of lower `cost`
+/// (either, at random, on a tie); the only one when only one is usable.
+pub(super) fn cheaper_of_two(
+    n: usize,
+    usable: &dyn Fn(usize) -> bool,
+    cost: impl Fn(usize) -> f64,
+) -> Option<usize> {
+    let (a, b) = two_at_random(n, usable)?;
+    let Some(b) = b else {
+        return Some(a);
+    };
+    let (ca, cb) = (cost(a), cost(b));
+    Some(if ca < cb || (ca == cb && fastrand::bool()) {
+        a
+    } else {
+        b
+    })
 }
 
 /// Two distinct indexes below `n` that `usable` accepts, drawn uniformly (reservoir sampling:
