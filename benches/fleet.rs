@@ -50,7 +50,9 @@ const POLICIES: [&str; 4] = [
 const CLIENTS: usize = 24;
 /// Requests each model server works on at once (its batch); more wait for a slot.
 const SLOTS: usize = 4;
-/// Scenario (a): requests per policy.
+/// Scenario (a): the slow endpoint's name.
+const SLOW_ENDPOINT: &str = "a2";
+/// Scenario (a): requests per policy, each a one-turn conversation.
 const SLOW_REQUESTS: usize = 1_200;
 /// Scenario (b): conversations per policy, and turns in each.
 const CONVERSATIONS: usize = 96;
@@ -103,7 +105,7 @@ async fn run() -> Result<(), String> {
     println!("| policy | latency p50 | latency p99 | TTFB p50 | TTFB p99 | on the slow endpoint |");
     println!("| --- | ---: | ---: | ---: | ---: | ---: |");
     for policy in POLICIES {
-        let r = scenario_slow(addr, &format!("a-{policy}")).await?;
+        let r = drive(addr, &format!("a-{policy}"), SLOW_REQUESTS, 1).await?;
         println!(
             "| {policy} | {} | {} | {} | {} | {:.1}% |",
             ms(r.latency.value_at_quantile(0.5)),
@@ -122,7 +124,7 @@ async fn run() -> Result<(), String> {
     println!("| policy | TTFB mean | TTFB p50 | TTFB p99 | latency p99 | cache hits |");
     println!("| --- | ---: | ---: | ---: | ---: | ---: |");
     for policy in POLICIES {
-        let r = scenario_prefix(addr, &format!("b-{policy}")).await?;
+        let r = drive(addr, &format!("b-{policy}"), CONVERSATIONS, TURNS).await?;
         let hits = r
             .ttfb
             .iter_recorded()
@@ -271,7 +273,14 @@ fn turn_body(model: &str, c: usize, turn: usize) -> String {
     json!({"model": model, "messages": messages}).to_string()
 }
 
-async fn scenario_slow(addr: SocketAddr, model: &str) -> Result<Results, String> {
+/// `CLIENTS` clients run `conversations` conversations of `turns` turns for `model`: each
+/// client takes the next conversation and sends its turns one after another.
+async fn drive(
+    addr: SocketAddr,
+    model: &str,
+    conversations: usize,
+    turns: usize,
+) -> Result<Results, String> {
     let next = Arc::new(AtomicUsize::new(0));
     let mut clients = Vec::new();
     for _ in 0..CLIENTS {
@@ -279,38 +288,18 @@ async fn scenario_slow(addr: SocketAddr, model: &str) -> Result<Results, String>
         clients.push(tokio::spawn(async move {
             let mut sender = connect(addr).await?;
             let mut r = Results::new();
-            // Bounded: each turn takes one of SLOW_REQUESTS.
-            while next.fetch_add(1, Ordering::Relaxed) < SLOW_REQUESTS {
-                let c = fastrand::usize(..);
-                let (latency, ttfb, endpoint) = chat(&mut sender, turn_body(&model, c, 0)).await?;
-                r.latency.saturating_record(latency.as_micros() as u64);
-                r.ttfb.saturating_record(ttfb.as_micros() as u64);
-                r.on_slow += u64::from(endpoint == "a2");
-            }
-            Ok::<_, String>(r)
-        }));
-    }
-    join(clients).await
-}
-
-async fn scenario_prefix(addr: SocketAddr, model: &str) -> Result<Results, String> {
-    let next = Arc::new(AtomicUsize::new(0));
-    let mut clients = Vec::new();
-    for _ in 0..CLIENTS {
-        let (next, model) = (next.clone(), model.to_string());
-        clients.push(tokio::spawn(async move {
-            let mut sender = connect(addr).await?;
-            let mut r = Results::new();
-            // Bounded: each conversation is taken once, CONVERSATIONS in all.
+            // Bounded: each conversation is taken once.
             loop {
                 let c = next.fetch_add(1, Ordering::Relaxed);
-                if c >= CONVERSATIONS {
+                if c >= conversations {
                     break;
                 }
-                for turn in 0..TURNS {
-                    let (latency, ttfb, _) = chat(&mut sender, turn_body(&model, c, turn)).await?;
+                for turn in 0..turns {
+                    let (latency, ttfb, endpoint) =
+                        chat(&mut sender, turn_body(&model, c, turn)).await?;
                     r.latency.saturating_record(latency.as_micros() as u64);
                     r.ttfb.saturating_record(ttfb.as_micros() as u64);
+                    r.on_slow += u64::from(endpoint == SLOW_ENDPOINT);
                 }
             }
             Ok::<_, String>(r)
