@@ -63,10 +63,10 @@ fn bench_select(c: &mut Criterion) {
         };
         let pool = Pool::new("m", members.clone(), &balancing);
         c.bench_function(&format!("pool_select_4_{name}"), |b| {
-            b.iter(|| pool.select(black_box(&[]), None).map(|u| u.index))
+            b.iter(|| pool.select(black_box(&[]), None).map(|u| u.id))
         });
         c.bench_function(&format!("pool_select_4_one_tried_{name}"), |b| {
-            b.iter(|| pool.select(black_box(&[1]), None).map(|u| u.index))
+            b.iter(|| pool.select(black_box(&[1]), None).map(|u| u.id))
         });
     }
 }

@@ -36,6 +36,8 @@ pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 pub const DEFAULT_TARGET_URL: &str = "https://api.openai.com";
 /// The config file read when `--config` is not given and the file exists.
 pub const DEFAULT_CONFIG_PATH: &str = "conf/ai-proxy.yaml";
+/// Where a graceful upgrade hands the listening sockets to the new process.
+pub const DEFAULT_UPGRADE_SOCK: &str = "/tmp/ai-proxy-upgrade.sock";
 
 /// The YAML file as written. Strict: unknown keys are errors.
 #[derive(Debug, Deserialize, Default)]
@@ -53,6 +55,9 @@ struct FileConfig {
     stream_usage: Option<StreamUsage>,
     total_timeout_secs: Option<f64>,
     shutdown_grace_secs: Option<u64>,
+    shutdown_delay_secs: Option<f64>,
+    upgrade_sock: Option<PathBuf>,
+    watch_config_secs: Option<f64>,
     header_timeout_secs: Option<u64>,
     max_header_bytes: Option<usize>,
     max_connections: Option<usize>,
@@ -136,6 +141,8 @@ pub enum Source {
 #[derive(Debug)]
 pub struct Config {
     pub source: Source,
+    /// The YAML file it was read from (what a reload reads again); `None` in env-only mode.
+    pub file: Option<PathBuf>,
     pub listen: SocketAddr,
     /// Upstream read timeout: time to first byte and every gap between later chunks.
     pub timeout: Duration,
@@ -148,6 +155,13 @@ pub struct Config {
     pub max_attempts: u32,
     /// SIGTERM: the longest wait for requests in flight before they are stopped.
     pub shutdown_grace: Duration,
+    /// SIGTERM: how long the gateway keeps accepting (with `/ready` at 503) before it closes
+    /// its listeners, so that load balancers take it out first.
+    pub shutdown_delay: Duration,
+    /// Graceful upgrade: the Unix socket the listening sockets are handed over on.
+    pub upgrade_sock: PathBuf,
+    /// Reload when the config file's content changes, checked this often (`None`: SIGHUP only).
+    pub watch_config: Option<Duration>,
     /// A client's time to send a request head, keep-alive idle time included.
     pub header_timeout: Duration,
     /// Request line and headers together; larger heads get 431.
@@ -180,6 +194,37 @@ pub struct ProcessEnv;
 impl Env for ProcessEnv {
     fn var(&self, name: &str) -> Option<String> {
         std::env::var(name).ok().filter(|v| !v.is_empty())
+    }
+}
+
+/// An env file as `docker run --env-file` reads it: `KEY=VALUE` lines, `#` comments and
+/// blank lines skipped, values taken as written (no quotes removed).
+#[derive(Debug, Default)]
+pub struct EnvFile(HashMap<String, String>);
+
+impl EnvFile {
+    pub fn parse(text: &str) -> Result<EnvFile, String> {
+        let mut vars = HashMap::new();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim_start();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let (key, value) = line
+                .split_once('=')
+                .ok_or_else(|| format!("line {}: expected KEY=VALUE", n + 1))?;
+            if key.is_empty() || key.contains(char::is_whitespace) {
+                return Err(format!("line {}: {key:?} is not a variable name", n + 1));
+            }
+            vars.insert(key.to_string(), value.to_string());
+        }
+        Ok(EnvFile(vars))
+    }
+}
+
+impl Env for EnvFile {
+    fn var(&self, name: &str) -> Option<String> {
+        self.0.get(name).filter(|v| !v.is_empty()).cloned()
     }
 }
 
@@ -311,6 +356,25 @@ impl Config {
         let shutdown_grace_secs = file
             .shutdown_grace_secs
             .unwrap_or(DEFAULT_SHUTDOWN_GRACE_SECS);
+        // 0 turns these off.
+        let optional_seconds = |field: &str, v: Option<f64>| match v {
+            None => Ok(None),
+            Some(0.0) => Ok(None),
+            Some(s) => seconds(field, s).map(Some),
+        };
+        let shutdown_delay = optional_seconds("shutdown_delay_secs", file.shutdown_delay_secs)?
+            .unwrap_or(Duration::ZERO);
+        let watch_config = optional_seconds("watch_config_secs", file.watch_config_secs)?;
+        let upgrade_sock = file
+            .upgrade_sock
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_UPGRADE_SOCK));
+        if upgrade_sock.as_os_str().is_empty() || upgrade_sock.to_str().is_none() {
+            return Err("upgrade_sock: give the path of a Unix socket".into());
+        }
+        let config_file = match &source {
+            Source::Yaml(path) => Some(path.clone()),
+            Source::Env => None,
+        };
 
         let (endpoints, source) = match file.endpoints {
             Some(list) if !list.is_empty() => {
@@ -320,6 +384,7 @@ impl Config {
         };
         Ok(Config {
             source,
+            file: config_file,
             listen,
             timeout: Duration::from_secs(timeout_secs),
             connect_timeout: Duration::from_secs(connect_timeout_secs),
@@ -328,6 +393,9 @@ impl Config {
             threads,
             max_attempts,
             shutdown_grace: Duration::from_secs(shutdown_grace_secs),
+            shutdown_delay,
+            upgrade_sock,
+            watch_config,
             header_timeout: Duration::from_secs(header_timeout_secs),
             max_header_bytes,
             max_connections: file.max_connections,
@@ -357,7 +425,81 @@ impl Config {
             graceful_shutdown_timeout_seconds: Some(1),
             // The proxy decides retries itself (`max_attempts`); this is only a backstop.
             max_retries: (self.max_attempts as usize + 1).max(8),
+            upgrade_sock: self.upgrade_sock.to_string_lossy().into_owned(),
             ..ServerConf::default()
+        }
+    }
+
+    /// The settings the request path reads, published with every routing snapshot.
+    pub fn request_settings(&self) -> RequestSettings {
+        RequestSettings {
+            max_body_bytes: self.max_body_bytes,
+            body_deadline: self.timeout,
+            max_attempts: self.max_attempts,
+            max_header_bytes: self.max_header_bytes,
+            force_stream_usage: self.stream_usage == StreamUsage::Force,
+            fallbacks: self.fallbacks.clone(),
+            affinity_key: self.balancing.affinity.key,
+        }
+    }
+
+    /// Keep `running`'s settings that only a restart can change (the listener, the threads,
+    /// the process-wide outputs) in this newly loaded config; returns the keys whose new value
+    /// is therefore not applied.
+    pub fn keep_restart_only(&mut self, running: &Config) -> Vec<&'static str> {
+        let mut ignored = Vec::new();
+        macro_rules! keep {
+            ($($field:ident => $key:literal),* $(,)?) => {$(
+                if self.$field != running.$field {
+                    ignored.push($key);
+                    self.$field = running.$field.clone();
+                }
+            )*};
+        }
+        keep!(
+            listen => "listen",
+            threads => "threads",
+            metrics => "metrics",
+            access_log => "access_log",
+            max_connections => "max_connections",
+            header_timeout => "header_timeout_secs",
+            shutdown_grace => "shutdown_grace_secs",
+            upgrade_sock => "upgrade_sock",
+        );
+        ignored
+    }
+}
+
+/// What each request reads from the config: swapped with the routes on a reload, so a request
+/// sees one consistent version of both.
+#[derive(Debug, Clone)]
+pub struct RequestSettings {
+    /// Larger request bodies get 413.
+    pub max_body_bytes: usize,
+    /// The longest a client may take to send its body.
+    pub body_deadline: Duration,
+    /// Attempts per request, each on a different endpoint.
+    pub max_attempts: u32,
+    /// Larger request heads get 431.
+    pub max_header_bytes: usize,
+    /// `stream_usage: force`.
+    pub force_stream_usage: bool,
+    /// Models to try when every endpoint of a model failed before answering.
+    pub fallbacks: HashMap<String, Vec<String>>,
+    /// Where `prefix_affinity` pools read a request's key from.
+    pub affinity_key: KeySource,
+}
+
+impl Default for RequestSettings {
+    fn default() -> Self {
+        RequestSettings {
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            body_deadline: Duration::from_secs(DEFAULT_TIMEOUT_SECS),
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+            force_stream_usage: false,
+            fallbacks: HashMap::new(),
+            affinity_key: KeySource::default(),
         }
     }
 }

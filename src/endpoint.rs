@@ -260,13 +260,13 @@ impl Endpoint {
         })
     }
 
-    /// Use these timeouts for requests to this endpoint.
     /// Give the endpoint this `weight` (at least 1) for the `weighted` policy.
     pub fn with_weight(mut self, weight: usize) -> Self {
         self.weight = weight.max(1);
         self
     }
 
+    /// Use these timeouts for requests to this endpoint.
     pub fn with_timeouts(mut self, timeouts: Timeouts) -> Self {
         self.timeouts = timeouts;
         self
@@ -276,6 +276,28 @@ impl Endpoint {
     pub fn with_health(mut self, policy: HealthPolicy) -> Self {
         self.health = Health::new(policy);
         self
+    }
+
+    /// Whether `other` is configured the same in every respect that reaches an upstream, so
+    /// that a reload can keep this endpoint, with its health and requests in flight, in its
+    /// place.
+    pub fn same_definition(&self, other: &Endpoint) -> bool {
+        let certs = |ca: &Option<Arc<CaType>>| {
+            ca.as_ref().map(|certs| {
+                certs
+                    .iter()
+                    .map(|c| c.borrow_raw_cert().clone())
+                    .collect::<Vec<_>>()
+            })
+        };
+        self.name == other.name
+            && self.kind == other.kind
+            && self.url == other.url
+            && self.authorization == other.authorization
+            && self.timeouts == other.timeouts
+            && self.weight == other.weight
+            && self.health.policy() == other.health.policy()
+            && certs(&self.ca) == certs(&other.ca)
     }
 
     /// The upstream path for a client path (with its query): base path, then the OCF prefix

@@ -89,6 +89,10 @@ impl Health {
         }
     }
 
+    pub fn policy(&self) -> HealthPolicy {
+        self.policy
+    }
+
     /// Whether a new request may go to the endpoint now. When a cooldown has just ended, the
     /// first caller gets `true` (the trial) and the others keep getting `false` until the
     /// trial reports, or until one more cooldown passes without a verdict.

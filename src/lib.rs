@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod mock;
 pub mod openai;
 pub mod proxy;
+pub mod reload;
 pub mod request_id;
 pub mod routes;
 pub mod shutdown;
@@ -22,14 +23,18 @@ pub mod usage;
 use pingora::listeners::ListenerConfig;
 use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::proxy::http_proxy;
+use pingora::server::configuration::Opt;
 use pingora::server::{RunArgs, Server};
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 
+use std::sync::Arc;
+
 use config::Config;
 use discovery::Discovery;
 use proxy::Gateway;
-use shutdown::{ActiveRequests, Signals};
+use reload::Reloader;
+use shutdown::{Lifecycle, Signals};
 
 /// Client connections read straight into Pingora's own header and body buffers.
 ///
@@ -44,18 +49,27 @@ const DOWNSTREAM_BUFFERS: L4BufferSettings = L4BufferSettings {
 };
 
 /// Build the Pingora server for a config (the discovery service and the proxy service) and
-/// the signal handling to run it with.
-pub fn build_server(config: &Config) -> (Server, Signals) {
-    let mut server = Server::new_with_opt_and_conf(None, config.server_conf());
+/// the signal handling to run it with. `upgrade`: take the listening sockets over from the
+/// running gateway (graceful upgrade) instead of binding them.
+pub fn build_server(config: Config, upgrade: bool) -> (Server, Signals) {
+    let opt = upgrade.then(|| Opt {
+        upgrade: true,
+        ..Opt::default()
+    });
+    let mut server = Server::new_with_opt_and_conf(opt, config.server_conf());
     server.bootstrap();
     if config.metrics {
         metrics::enable();
     }
-    let routes = routes::empty_routes();
-    let discovery = Discovery::new(config, routes.clone());
-    server.add_service(background_service("discovery", discovery));
-    let active = ActiveRequests::default();
-    let gateway = Gateway::new(config, routes, active.clone());
+    let config = Arc::new(config);
+    let routes = routes::empty_routes(Arc::new(config.request_settings()));
+    let (reloader, reloads) = Reloader::new(config.clone());
+    server.add_service(background_service(
+        "discovery",
+        Discovery::new(reloads, routes.clone()),
+    ));
+    let lifecycle = Lifecycle::default();
+    let gateway = Gateway::new(&config, routes, lifecycle.clone());
     let limits = downstream::Limits {
         header_timeout: config.header_timeout,
         max_connections: config.max_connections,
@@ -65,16 +79,21 @@ pub fn build_server(config: &Config) -> (Server, Signals) {
     proxy
         .add_listener(ListenerConfig::tcp(config.listen.to_string()).l4_buffer(DOWNSTREAM_BUFFERS));
     server.add_service(proxy);
+    shutdown::exit_when_drained(
+        server.watch_execution_phase(),
+        lifecycle.clone(),
+        config.shutdown_grace,
+    );
     let signals = Signals {
-        active,
-        grace: config.shutdown_grace,
+        lifecycle,
+        reloader,
     };
     (server, signals)
 }
 
 /// Serve until a signal stops the gateway.
-pub fn run(config: &Config) {
-    let (server, signals) = build_server(config);
+pub fn run(config: Config, upgrade: bool) {
+    let (server, signals) = build_server(config, upgrade);
     server.run(RunArgs {
         shutdown_signal: Box::new(signals),
     });

@@ -1,9 +1,9 @@
 //! The `ai-proxy` command: parse the CLI, load and validate the config, run the gateway.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use ai_proxy::config::{Config, ProcessEnv, Source};
+use ai_proxy::config::{Config, EnvFile, ProcessEnv, Source};
 use clap::Parser;
 
 /// jemalloc instead of glibc malloc: Pingora allocates per request and per chunk, and glibc's
@@ -28,10 +28,16 @@ struct Cli {
     #[arg(long, short = 'c', value_name = "FILE")]
     config: Option<PathBuf>,
 
-    /// Validate FILE (with the current environment), print a summary, and exit 0, or 1 with
-    /// the problem.
-    #[arg(long, value_name = "FILE", conflicts_with = "config")]
+    /// Validate FILE, print a summary, and exit 0, or 1 with the problem. A YAML file is read
+    /// with the current environment; a `.env` file (KEY=VALUE lines, as `docker run
+    /// --env-file` takes) is checked as the environment of an env-only gateway.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["config", "upgrade"])]
     check_config: Option<PathBuf>,
+
+    /// Zero-downtime upgrade: take the listening sockets over from the running gateway (at
+    /// `upgrade_sock`) once it gets SIGQUIT, instead of binding them. See README, Operations.
+    #[arg(long, short = 'u')]
+    upgrade: bool,
 }
 
 fn main() -> ExitCode {
@@ -39,7 +45,7 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
 
     if let Some(path) = cli.check_config {
-        return match Config::from_file(&path, &ProcessEnv) {
+        return match check_config(&path) {
             Ok(c) => {
                 println!("{}: OK, {}", path.display(), summary(&c));
                 ExitCode::SUCCESS
@@ -62,8 +68,14 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    // Pingora panics when it cannot bind; say why plainly instead.
-    if let Err(e) = std::net::TcpListener::bind(config.listen) {
+    // Pingora panics when it cannot bind; say why plainly instead. (An upgrade takes over the
+    // running gateway's bound socket.)
+    if cli.upgrade {
+        log::info!(
+            "upgrade: waiting for the running gateway's sockets on {}",
+            config.upgrade_sock.display()
+        );
+    } else if let Err(e) = std::net::TcpListener::bind(config.listen) {
         eprintln!("ai-proxy: cannot listen on {}: {e}", config.listen);
         return ExitCode::FAILURE;
     }
@@ -80,8 +92,19 @@ fn main() -> ExitCode {
         env!("CARGO_PKG_VERSION"),
         summary(&config)
     );
-    ai_proxy::run(&config);
+    ai_proxy::run(config, cli.upgrade);
     ExitCode::SUCCESS
+}
+
+/// `--check-config`: a YAML file, or a `.env` file read as the whole environment.
+fn check_config(path: &Path) -> Result<Config, String> {
+    if path.extension().is_some_and(|e| e == "env") {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let vars = EnvFile::parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        return Config::from_env(&vars).map_err(|e| format!("{}: {e}", path.display()));
+    }
+    Config::from_file(path, &ProcessEnv)
 }
 
 /// Every proxied request holds two sockets (client and upstream), so the usual soft limit of

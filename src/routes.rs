@@ -11,6 +11,7 @@ use bytes::Bytes;
 use http::HeaderValue;
 
 use crate::balance::{self, Balancing, Policy, PolicyName};
+use crate::config::RequestSettings;
 use crate::endpoint::Endpoint;
 use crate::health::Status;
 use crate::metrics::RouteCounters;
@@ -23,7 +24,7 @@ pub struct Pool {
     pub model_header: Option<HeaderValue>,
     policy_name: PolicyName,
     policy: Box<dyn Policy>,
-    /// Sorted by endpoint index; addresses are unique within a pool.
+    /// Sorted by endpoint id; addresses are unique within a pool.
     members: Vec<Arc<Upstream>>,
     /// Each member's metrics for this model (when metrics are on), in the members' order.
     counters: Vec<RouteCounters>,
@@ -34,7 +35,7 @@ impl Pool {
     /// balancer identifies members by address).
     pub fn new(model: &str, mut members: Vec<Arc<Upstream>>, balancing: &Balancing) -> Pool {
         let policy_name = balancing.policy_for(model);
-        members.sort_by_key(|u| u.index);
+        members.sort_by_key(|u| u.id);
         let mut seen = std::collections::HashSet::new();
         members.retain(|u| {
             let unique = seen.insert(u.addr);
@@ -63,12 +64,9 @@ impl Pool {
         }
     }
 
-    /// The metrics of this model on the member with endpoint index `index`.
-    pub fn counters(&self, index: usize) -> Option<&RouteCounters> {
-        let at = self
-            .members
-            .binary_search_by_key(&index, |u| u.index)
-            .ok()?;
+    /// The metrics of this model on the member with endpoint id `id`.
+    pub fn counters(&self, id: usize) -> Option<&RouteCounters> {
+        let at = self.members.binary_search_by_key(&id, |u| u.id).ok()?;
         self.counters.get(at)
     }
 
@@ -79,15 +77,14 @@ impl Pool {
     }
 
     fn same_members(&self, other: &[Arc<Upstream>]) -> bool {
-        let mut theirs: Vec<(usize, SocketAddr)> =
-            other.iter().map(|u| (u.index, u.addr)).collect();
+        let mut theirs: Vec<(usize, SocketAddr)> = other.iter().map(|u| (u.id, u.addr)).collect();
         theirs.sort_unstable();
         theirs.dedup_by_key(|(_, a)| *a);
         theirs.len() == self.members.len()
             && theirs
                 .iter()
                 .zip(&self.members)
-                .all(|((i, a), m)| *i == m.index && *a == m.addr)
+                .all(|((i, a), m)| *i == m.id && *a == m.addr)
     }
 
     /// The upstream the policy picks, skipping endpoints already tried for this request and
@@ -100,7 +97,7 @@ impl Pool {
         for _ in 0..=self.members.len() {
             let usable = |i: usize| {
                 let m = &self.members[i];
-                !tried.contains(&m.index)
+                !tried.contains(&m.id)
                     && m.endpoint.health.may_admit()
                     && !claimed_elsewhere.contains(&i)
             };
@@ -118,9 +115,9 @@ impl Pool {
         self.policy.wants_affinity()
     }
 
-    /// The member with endpoint index `index` answered with its response head after `ttfb`.
-    pub fn observe_ttfb(&self, index: usize, ttfb: std::time::Duration) {
-        if let Ok(at) = self.members.binary_search_by_key(&index, |u| u.index) {
+    /// The member with endpoint id `id` answered with its response head after `ttfb`.
+    pub fn observe_ttfb(&self, id: usize, ttfb: std::time::Duration) {
+        if let Ok(at) = self.members.binary_search_by_key(&id, |u| u.id) {
             self.policy.observe(at, ttfb);
         }
     }
@@ -129,7 +126,7 @@ impl Pool {
     pub fn has_candidate(&self, tried: &[usize]) -> bool {
         self.members
             .iter()
-            .any(|m| !tried.contains(&m.index) && m.endpoint.health.may_admit())
+            .any(|m| !tried.contains(&m.id) && m.endpoint.health.may_admit())
     }
 
     pub fn len(&self) -> usize {
@@ -156,6 +153,8 @@ pub struct Routes {
     pub endpoint_views: Vec<(Arc<Endpoint>, serde_json::Map<String, serde_json::Value>)>,
     /// The first discovery round has completed.
     pub ready: bool,
+    /// The config's request settings this snapshot was published with.
+    pub settings: Arc<RequestSettings>,
 }
 
 impl Routes {
@@ -197,15 +196,24 @@ impl Routes {
     pub fn pool(&self, model: &str) -> Option<&Arc<Pool>> {
         self.pools.get(model)
     }
+
+    /// Discovery found at least one model at a reachable address. Passive health is not asked:
+    /// every replica shares the same upstreams, so a readiness tied to it would take all of
+    /// them out of their load balancer at once, and clients would get refused connections
+    /// instead of the gateway's errors.
+    pub fn routable(&self) -> bool {
+        !self.pools.is_empty()
+    }
 }
 
 /// The shared handle: discovery stores, requests load.
 pub type SharedRoutes = Arc<ArcSwap<Routes>>;
 
 /// Routes before the first discovery round: nothing routable, not ready.
-pub fn empty_routes() -> SharedRoutes {
+pub fn empty_routes(settings: Arc<RequestSettings>) -> SharedRoutes {
     Arc::new(ArcSwap::from_pointee(Routes {
         models_json: Bytes::from_static(br#"{"object":"list","data":[]}"#),
+        settings,
         ..Routes::default()
     }))
 }
@@ -241,11 +249,11 @@ mod tests {
         let pool = Pool::new("m", vec![up(1, 2), up(0, 1)], &round_robin());
         let mut counts = [0; 2];
         for _ in 0..10 {
-            counts[pool.select(&[], None).unwrap().index] += 1;
+            counts[pool.select(&[], None).unwrap().id] += 1;
         }
         assert_eq!(counts, [5, 5]);
         for _ in 0..4 {
-            assert_eq!(pool.select(&[0], None).unwrap().index, 1);
+            assert_eq!(pool.select(&[0], None).unwrap().id, 1);
         }
         assert!(pool.select(&[0, 1], None).is_none());
     }

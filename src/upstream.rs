@@ -17,8 +17,9 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 #[derive(Debug)]
 pub struct Upstream {
     pub endpoint: Arc<Endpoint>,
-    /// The endpoint's position in the config: its identity across discovery rounds.
-    pub index: usize,
+    /// The endpoint's id: unique in the process, kept across discovery rounds and reloads
+    /// while the endpoint's definition stays the same.
+    pub id: usize,
     pub addr: SocketAddr,
     /// Built once; the request path clones it instead of rebuilding options per request.
     peer: HttpPeer,
@@ -27,7 +28,7 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    pub fn new(endpoint: Arc<Endpoint>, index: usize, addr: SocketAddr) -> Self {
+    pub fn new(endpoint: Arc<Endpoint>, id: usize, addr: SocketAddr) -> Self {
         let t = endpoint.timeouts;
         let sni = if endpoint.tls {
             endpoint.host.clone()
@@ -47,7 +48,7 @@ impl Upstream {
         let attempts = crate::metrics::get().map(|m| m.attempts(&endpoint.name));
         Upstream {
             endpoint,
-            index,
+            id,
             addr,
             peer,
             attempts,

@@ -5,8 +5,7 @@ mod client;
 pub mod parse;
 mod snapshot;
 
-use crate::balance::Balancing;
-use crate::config::Config;
+use crate::config::{Config, RequestSettings};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -17,9 +16,10 @@ use pingora::connectors::http::Connector;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use pingora::services::ServiceReadyNotifier;
+use tokio::sync::watch;
 
 use crate::endpoint::{Endpoint, EndpointKind};
-use crate::routes::SharedRoutes;
+use crate::routes::{Routes, SharedRoutes};
 use crate::upstream::Upstream;
 use client::GetError;
 use parse::DiscoveredModel;
@@ -40,7 +40,8 @@ pub enum PollStatus {
 #[derive(Debug, Clone)]
 pub struct EndpointState {
     pub endpoint: Arc<Endpoint>,
-    pub index: usize,
+    /// The endpoint's id (see [`Upstream::id`]).
+    pub id: usize,
     /// The upstream at its last resolved address.
     pub upstream: Option<Arc<Upstream>>,
     /// The last good model list.
@@ -52,10 +53,10 @@ pub struct EndpointState {
 }
 
 impl EndpointState {
-    pub fn new(endpoint: Arc<Endpoint>, index: usize) -> Self {
+    pub fn new(endpoint: Arc<Endpoint>, id: usize) -> Self {
         EndpointState {
             endpoint,
-            index,
+            id,
             upstream: None,
             models: Vec::new(),
             status: PollStatus::Pending,
@@ -73,27 +74,35 @@ impl EndpointState {
 
 /// The background service.
 pub struct Discovery {
-    endpoints: Vec<Arc<Endpoint>>,
+    /// The config in force: a reload sends a new one.
+    config: watch::Receiver<Arc<Config>>,
     routes: SharedRoutes,
-    interval: Duration,
-    /// A poll (the active probe) that takes longer fails: the endpoint is down for the round
-    /// and never holds up start-up or the other endpoints.
-    poll_timeout: Duration,
-    /// Each model's balancing policy, for the pools it builds.
-    balancing: Balancing,
     connector: Connector,
     started: SystemTime,
 }
 
+/// The config discovery works from, with the request settings it publishes alongside routes.
+struct InForce {
+    config: Arc<Config>,
+    settings: Arc<RequestSettings>,
+}
+
+impl InForce {
+    fn new(config: Arc<Config>) -> Self {
+        InForce {
+            settings: Arc::new(config.request_settings()),
+            config,
+        }
+    }
+}
+
 impl Discovery {
-    /// Discovery of `config`'s endpoints, publishing to `routes`.
-    pub fn new(config: &Config, routes: SharedRoutes) -> Self {
+    /// Discovery of the endpoints of the config `config` holds (and of every config a reload
+    /// sends after it), publishing to `routes`.
+    pub fn new(config: watch::Receiver<Arc<Config>>, routes: SharedRoutes) -> Self {
         Discovery {
-            poll_timeout: config.probe_timeout,
-            endpoints: config.endpoints.clone(),
+            config,
             routes,
-            interval: config.discovery_interval,
-            balancing: config.balancing.clone(),
             connector: Connector::new(None),
             started: SystemTime::now(),
         }
@@ -102,39 +111,76 @@ impl Discovery {
     /// Poll every endpoint at once and publish new routes as each answer arrives, so one slow
     /// endpoint never holds back the others. `first`: routes are marked ready only once every
     /// endpoint of the first round has answered or timed out.
-    async fn round(&self, states: &mut [EndpointState], first: bool) {
+    async fn round(&self, now: &InForce, states: &mut [EndpointState], first: bool) {
+        let timeout = now.config.probe_timeout;
         let mut polls: FuturesUnordered<_> = states
             .iter()
-            .map(|s| {
-                let (endpoint, index, upstream) = (s.endpoint.clone(), s.index, s.upstream.clone());
-                async move { (index, self.poll(endpoint, index, upstream).await) }
+            .enumerate()
+            .map(|(at, s)| {
+                let (endpoint, id, upstream) = (s.endpoint.clone(), s.id, s.upstream.clone());
+                async move { (at, self.poll(endpoint, id, upstream, timeout).await) }
             })
             .collect();
         let mut remaining = polls.len();
-        while let Some((index, result)) = polls.next().await {
+        while let Some((at, result)) = polls.next().await {
             if let Some(m) = crate::metrics::get() {
                 let result_label = if result.is_ok() { "ok" } else { "failed" };
                 m.discovery_runs
-                    .with_label_values(&[states[index].endpoint.name.as_str(), result_label])
+                    .with_label_values(&[states[at].endpoint.name.as_str(), result_label])
                     .inc();
             }
-            states[index].record(result, SystemTime::now());
+            states[at].record(result, SystemTime::now());
             remaining -= 1;
             let ready = !first || remaining == 0;
-            let previous = self.routes.load_full();
-            let routes = build_routes(states, &previous, self.started, ready, &self.balancing);
-            self.routes.store(Arc::new(routes));
+            self.publish(now, states, &self.routes.load_full(), ready);
         }
     }
 
+    /// Publish the routes of `states`, reusing `previous`'s pools where nothing changed.
+    fn publish(&self, now: &InForce, states: &[EndpointState], previous: &Routes, ready: bool) {
+        let routes = build_routes(
+            states,
+            previous,
+            self.started,
+            ready,
+            &now.config.balancing,
+            &now.settings,
+        );
+        self.routes.store(Arc::new(routes));
+    }
+
+    /// Take in a reloaded config: keep the state of every endpoint whose definition did not
+    /// change, publish routes without the removed ones at once (requests in flight to them
+    /// finish on their own), then poll every endpoint, so added ones are served without
+    /// waiting for the next round.
+    async fn reload(
+        &self,
+        before: &InForce,
+        now: &InForce,
+        states: &mut Vec<EndpointState>,
+        ids: &mut EndpointIds,
+    ) {
+        let changes = restate(states, &now.config.endpoints, ids);
+        log::info!("reload: endpoints {changes}");
+        let current = self.routes.load_full();
+        // Pools keep their policy's state (rotation, latency averages) across rounds; a new
+        // `balancing` section starts them afresh.
+        let previous = if before.config.balancing == now.config.balancing {
+            current.clone()
+        } else {
+            Arc::new(Routes::default())
+        };
+        self.publish(now, states, &previous, current.ready);
+        self.round(now, states, false).await;
+    }
     /// Resolve and poll one endpoint. On failure, the upstream if resolution got that far.
     async fn poll(
         &self,
         ep: Arc<Endpoint>,
-        index: usize,
+        id: usize,
         known: Option<Arc<Upstream>>,
+        poll_time: Duration,
     ) -> PollResult {
-        let poll_time = self.poll_timeout;
         let poll = async {
             let mut addrs = resolve(&ep)
                 .await
@@ -149,7 +195,7 @@ impl Discovery {
             for addr in addrs {
                 let upstream = match &known {
                     Some(u) if u.addr == addr => u.clone(),
-                    _ => Arc::new(Upstream::new(ep.clone(), index, addr)),
+                    _ => Arc::new(Upstream::new(ep.clone(), id, addr)),
                 };
                 match self.fetch_models(&upstream).await {
                     Ok(models) => return Ok((upstream, models)),
@@ -258,6 +304,88 @@ async fn resolve(ep: &Endpoint) -> Result<Vec<SocketAddr>, String> {
     Ok(addrs)
 }
 
+/// Hands out endpoint ids, never the same one twice in a process.
+#[derive(Debug, Default)]
+pub struct EndpointIds(usize);
+
+impl EndpointIds {
+    fn next(&mut self) -> usize {
+        self.0 += 1;
+        self.0 - 1
+    }
+}
+
+/// What a reload did to the endpoints, for the log.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct EndpointChanges {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub changed: Vec<String>,
+    pub kept: usize,
+}
+
+impl std::fmt::Display for EndpointChanges {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let list = |names: &[String]| {
+            if names.is_empty() {
+                "none".to_string()
+            } else {
+                names.join(", ")
+            }
+        };
+        write!(
+            f,
+            "added: {}; removed: {}; changed: {}; unchanged: {}",
+            list(&self.added),
+            list(&self.removed),
+            list(&self.changed),
+            self.kept
+        )
+    }
+}
+
+/// Replace `states` with one state per endpoint of `endpoints`, in their order: an endpoint
+/// defined exactly as before keeps its state (models, address, id, and its `Endpoint` with
+/// health and requests in flight); any other gets a fresh state and a new id, so that no pool,
+/// request or counter confuses it with what it replaces.
+pub fn restate(
+    states: &mut Vec<EndpointState>,
+    endpoints: &[Arc<Endpoint>],
+    ids: &mut EndpointIds,
+) -> EndpointChanges {
+    let mut old: Vec<Option<EndpointState>> =
+        std::mem::take(states).into_iter().map(Some).collect();
+    let mut changes = EndpointChanges::default();
+    for ep in endpoints {
+        let same = old
+            .iter_mut()
+            .find(|s| s.as_ref().is_some_and(|s| s.endpoint.same_definition(ep)))
+            .and_then(Option::take);
+        match same {
+            Some(state) => {
+                changes.kept += 1;
+                states.push(state);
+            }
+            None => {
+                let renamed = old.iter().flatten().any(|s| s.endpoint.name == ep.name);
+                if renamed {
+                    changes.changed.push(ep.name.clone());
+                } else {
+                    changes.added.push(ep.name.clone());
+                }
+                states.push(EndpointState::new(ep.clone(), ids.next()));
+            }
+        }
+    }
+    changes.removed = old
+        .into_iter()
+        .flatten()
+        .map(|s| s.endpoint.name.clone())
+        .filter(|name| !changes.changed.contains(name))
+        .collect();
+    changes
+}
+
 #[async_trait]
 impl BackgroundService for Discovery {
     async fn start_with_ready_notifier(
@@ -265,22 +393,40 @@ impl BackgroundService for Discovery {
         mut shutdown: ShutdownWatch,
         ready: ServiceReadyNotifier,
     ) {
-        let mut states: Vec<EndpointState> = self
-            .endpoints
-            .iter()
-            .enumerate()
-            .map(|(i, e)| EndpointState::new(e.clone(), i))
-            .collect();
-        self.round(&mut states, true).await;
+        let mut reloads = self.config.clone();
+        let mut now = InForce::new(reloads.borrow_and_update().clone());
+        let mut ids = EndpointIds::default();
+        let mut states = Vec::new();
+        restate(&mut states, &now.config.endpoints, &mut ids);
+        self.round(&now, &mut states, true).await;
         ready.notify_ready();
-        let first = tokio::time::Instant::now() + self.interval;
-        let mut tick = tokio::time::interval_at(first, self.interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut tick = ticker(now.config.discovery_interval);
+        // Without a reloader (tests that build the services alone) there is nothing to watch.
+        let mut reloadable = true;
         loop {
             tokio::select! {
                 _ = shutdown.changed() => break,
-                _ = tick.tick() => self.round(&mut states, false).await,
+                _ = tick.tick() => self.round(&now, &mut states, false).await,
+                sent = reloads.changed(), if reloadable => {
+                    if sent.is_err() {
+                        reloadable = false;
+                        continue;
+                    }
+                    let before = std::mem::replace(
+                        &mut now,
+                        InForce::new(reloads.borrow_and_update().clone()),
+                    );
+                    self.reload(&before, &now, &mut states, &mut ids).await;
+                    tick = ticker(now.config.discovery_interval);
+                }
             }
         }
     }
+}
+
+/// Rounds every `interval`, the first one `interval` from now.
+fn ticker(interval: Duration) -> tokio::time::Interval {
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick
 }

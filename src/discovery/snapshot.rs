@@ -10,6 +10,7 @@ use serde_json::json;
 
 use super::{EndpointState, PollStatus};
 use crate::balance::Balancing;
+use crate::config::RequestSettings;
 use crate::openai::{List, ModelEntry};
 use crate::routes::{Pool, Routes};
 use crate::upstream::Upstream;
@@ -27,6 +28,7 @@ pub fn build_routes(
     started: SystemTime,
     ready: bool,
     balancing: &Balancing,
+    settings: &Arc<RequestSettings>,
 ) -> Routes {
     // BTreeMap: the model list comes out sorted by id.
     let mut members: BTreeMap<&str, Vec<Arc<Upstream>>> = BTreeMap::new();
@@ -72,6 +74,7 @@ pub fn build_routes(
         model_entries,
         endpoint_views,
         ready,
+        settings: settings.clone(),
     }
 }
 
@@ -156,6 +159,7 @@ mod tests {
             SystemTime::now(),
             true,
             &Balancing::default(),
+            &Default::default(),
         );
         let v: serde_json::Value = serde_json::from_slice(&r1.models_json).unwrap();
         let ids: Vec<&str> = v["data"]
@@ -166,12 +170,26 @@ mod tests {
             .collect();
         assert_eq!(ids, ["a", "b", "c"]);
         assert_eq!(r1.pool("a").unwrap().len(), 2);
-        assert_eq!(r1.default_upstream.as_ref().unwrap().index, 0);
+        assert_eq!(r1.default_upstream.as_ref().unwrap().id, 0);
 
-        let r2 = build_routes(&states, &r1, SystemTime::now(), true, &Balancing::default());
+        let r2 = build_routes(
+            &states,
+            &r1,
+            SystemTime::now(),
+            true,
+            &Balancing::default(),
+            &Default::default(),
+        );
         assert!(Arc::ptr_eq(r1.pool("a").unwrap(), r2.pool("a").unwrap()));
         let fewer = vec![state(0, 1, &["a"], PollStatus::Ok)];
-        let r3 = build_routes(&fewer, &r2, SystemTime::now(), true, &Balancing::default());
+        let r3 = build_routes(
+            &fewer,
+            &r2,
+            SystemTime::now(),
+            true,
+            &Balancing::default(),
+            &Default::default(),
+        );
         assert!(!Arc::ptr_eq(r2.pool("a").unwrap(), r3.pool("a").unwrap()));
         assert!(r3.pool("c").is_none());
     }
@@ -185,6 +203,7 @@ mod tests {
             SystemTime::now(),
             true,
             &Balancing::default(),
+            &Default::default(),
         );
         let text = String::from_utf8(r.endpoints_json().to_vec()).unwrap();
         assert!(!text.contains("sk-hidden"));

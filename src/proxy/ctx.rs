@@ -29,7 +29,7 @@ pub(super) enum Target {
 #[derive(Default)]
 pub struct RequestCtx {
     pub(super) target: Option<Target>,
-    /// Endpoint indexes already attempted by this request.
+    /// Endpoint ids already attempted by this request.
     pub(super) tried: Vec<usize>,
     /// The upstream of the current attempt.
     pub(super) current: Option<Arc<Upstream>>,
@@ -90,7 +90,7 @@ impl RequestCtx {
     /// The metrics of the request's model on the endpoint that served it.
     pub(super) fn route_counters(&self) -> Option<&crate::metrics::RouteCounters> {
         match (&self.target, &self.current) {
-            (Some(Target::Model { pool, .. }), Some(u)) => pool.counters(u.index),
+            (Some(Target::Model { pool, .. }), Some(u)) => pool.counters(u.id),
             _ => None,
         }
     }

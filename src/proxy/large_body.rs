@@ -36,7 +36,7 @@ pub(super) struct SubrequestRoute {
 /// The client session's record of its subrequests' attempts.
 #[derive(Debug, Default)]
 pub(super) struct Attempts {
-    /// Endpoint indexes tried so far for the current model.
+    /// Endpoint ids tried so far for the current model.
     tried: Mutex<Vec<usize>>,
     /// The last subrequest failed before answering and another attempt may succeed.
     retry: AtomicBool,
@@ -54,7 +54,7 @@ impl Attempts {
     }
 
     pub fn push(&self, upstream: &Arc<crate::upstream::Upstream>) {
-        self.lock().push(upstream.index);
+        self.lock().push(upstream.id);
         *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(upstream.clone());
     }
 

@@ -13,8 +13,9 @@ pub enum LocalAnswer {
     Error(ErrorKind, String),
 }
 
-/// The answer for a local path, or `None` when the path is to be proxied.
-pub fn answer(method: &Method, path: &str, routes: &Routes) -> Option<LocalAnswer> {
+/// The answer for a local path, or `None` when the path is to be proxied. `draining`: the
+/// gateway is shutting down.
+pub fn answer(method: &Method, path: &str, routes: &Routes, draining: bool) -> Option<LocalAnswer> {
     let route = match path {
         "/health" | "/ready" | "/v1/models" | "/v1/endpoints" => path,
         p if p.starts_with("/v1/models/") => "/v1/models/{id}",
@@ -34,14 +35,26 @@ pub fn answer(method: &Method, path: &str, routes: &Routes) -> Option<LocalAnswe
     }
     Some(match route {
         "/health" => LocalAnswer::Json(200, Bytes::from_static(br#"{"status":"ok"}"#)),
-        "/ready" if routes.ready => {
-            LocalAnswer::Json(200, Bytes::from_static(br#"{"status":"ready"}"#))
-        }
-        "/ready" => LocalAnswer::Json(503, Bytes::from_static(br#"{"status":"starting"}"#)),
+        "/ready" => readiness(routes, draining),
         "/v1/models" => LocalAnswer::Json(200, routes.models_json.clone()),
         "/v1/endpoints" => LocalAnswer::Json(200, routes.endpoints_json()),
         _ => retrieve_model(&path["/v1/models/".len()..], routes),
     })
+}
+
+/// `GET /ready`: 200 once the first discovery round is done and a model is routable; 503
+/// before that and while draining, with the reason as `status`.
+fn readiness(routes: &Routes, draining: bool) -> LocalAnswer {
+    let (code, status): (u16, &'static [u8]) = if draining {
+        (503, br#"{"status":"draining"}"#)
+    } else if !routes.ready {
+        (503, br#"{"status":"starting"}"#)
+    } else if !routes.routable() {
+        (503, br#"{"status":"no_models"}"#)
+    } else {
+        (200, br#"{"status":"ready"}"#)
+    };
+    LocalAnswer::Json(code, Bytes::from_static(status))
 }
 
 /// `GET /v1/models/{id}`: one model of the merged list. Ids may hold slashes
@@ -98,7 +111,7 @@ mod tests {
     #[test]
     fn local_and_proxied_paths() {
         let r = Routes::default();
-        let status = |m: &Method, p: &str| match answer(m, p, &r) {
+        let status = |m: &Method, p: &str| match answer(m, p, &r, false) {
             None => 0,
             Some(LocalAnswer::Json(s, _)) => s,
             Some(LocalAnswer::Error(k, _)) => k.status(),

@@ -17,7 +17,6 @@ mod local;
 mod respond;
 mod watchdog;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,12 +30,12 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
 use crate::balance::affinity_key;
-use crate::config::{Config, StreamUsage};
+use crate::config::Config;
 use crate::error::{ErrorKind, Rendered};
 use crate::openai::{peek_request, with_include_usage, PeekError};
 use crate::request_id;
 use crate::routes::{Routes, SharedRoutes};
-use crate::shutdown::ActiveRequests;
+use crate::shutdown::Lifecycle;
 use crate::usage::{self, strip::StripUsageChunk};
 use ctx::{answered, blame, RequestCtx, Target};
 
@@ -66,37 +65,27 @@ struct Routed {
     affinity: Option<u64>,
 }
 
-/// The gateway's proxy logic.
+/// The gateway's proxy logic. What a reload can change comes with each routing snapshot
+/// (`Routes::settings`); the rest is fixed for the life of the process.
 pub struct Gateway {
     routes: SharedRoutes,
-    fallbacks: HashMap<String, Vec<String>>,
-    max_body_bytes: usize,
-    body_deadline: Duration,
-    max_attempts: u32,
-    max_header_bytes: usize,
-    active: ActiveRequests,
-    /// `stream_usage: force`.
-    force_stream_usage: bool,
+    lifecycle: Lifecycle,
     /// Metrics or the access log want each answer's token usage.
     count_tokens: bool,
-    /// Where `prefix_affinity` pools read a request's key from.
-    affinity_key: affinity_key::KeySource,
 }
 
 impl Gateway {
-    pub fn new(config: &Config, routes: SharedRoutes, active: ActiveRequests) -> Self {
+    pub fn new(config: &Config, routes: SharedRoutes, lifecycle: Lifecycle) -> Self {
         Gateway {
             routes,
-            fallbacks: config.fallbacks.clone(),
-            max_body_bytes: config.max_body_bytes,
-            body_deadline: config.timeout,
-            max_attempts: config.max_attempts,
-            max_header_bytes: config.max_header_bytes,
-            active,
-            force_stream_usage: config.stream_usage == StreamUsage::Force,
+            lifecycle,
             count_tokens: config.metrics || config.access_log != crate::access_log::Target::Off,
-            affinity_key: config.balancing.affinity.key,
         }
+    }
+
+    /// Attempts per request, as the config in force says.
+    fn max_attempts(&self) -> u32 {
+        self.routes.load().settings.max_attempts
     }
 
     /// Decide the target of a proxied request from its body.
@@ -124,7 +113,7 @@ impl Gateway {
                 )))
             }
         };
-        let force_usage = self.force_stream_usage
+        let force_usage = routes.settings.force_stream_usage
             && STREAM_USAGE_ROUTES.contains(&path)
             && fields.stream_without_usage();
         let model = match fields.model.as_deref() {
@@ -143,7 +132,11 @@ impl Gateway {
                         .req_header()
                         .headers
                         .get(affinity_key::SESSION_HEADER);
-                    affinity_key::key(self.affinity_key, &fields, session_id.map(|v| v.as_bytes()))
+                    affinity_key::key(
+                        routes.settings.affinity_key,
+                        &fields,
+                        session_id.map(|v| v.as_bytes()),
+                    )
                 });
                 Ok(Routed {
                     target: Target::Model {
@@ -178,8 +171,9 @@ impl Gateway {
             .and_then(|s| client_gone::ClientWatch::new(s.id()).ok());
         let attempts = Arc::new(large_body::Attempts::default());
         let fallbacks = ctx.fallbacks.as_ref().map_or(0, |f| f.remaining());
+        let max_attempts = self.max_attempts() as usize;
         // Bounded: every model gets at most `max_attempts`, and a stale connection one more.
-        for _ in 0..(self.max_attempts as usize + 1) * (fallbacks + 1) {
+        for _ in 0..(max_attempts + 1) * (fallbacks + 1) {
             let body = ctx
                 .body_override
                 .clone()
@@ -235,7 +229,7 @@ impl Gateway {
             ctx.tried = attempts.tried();
             let model_left = match &ctx.target {
                 Some(Target::Model { pool, .. }) => {
-                    ctx.tried.len() < self.max_attempts as usize && pool.has_candidate(&ctx.tried)
+                    ctx.tried.len() < max_attempts && pool.has_candidate(&ctx.tried)
                 }
                 _ => false,
             };
@@ -337,7 +331,7 @@ impl ProxyHttp for Gateway {
         // Runs once the request head is in: its deadline is met.
         crate::downstream::head_read();
         RequestCtx {
-            _active: Some(self.active.start()),
+            _active: Some(self.lifecycle.start()),
             started: Some(Instant::now()),
             ..RequestCtx::default()
         }
@@ -376,10 +370,11 @@ impl ProxyHttp for Gateway {
         let req = session.req_header();
         ctx.request_id = Some(request_id::for_request(req.headers.get(request_id::HEADER)));
         let head_bytes = head_size(req);
-        if head_bytes > self.max_header_bytes {
+        let settings = &routes.settings;
+        if head_bytes > settings.max_header_bytes {
             return Err(ErrorKind::HeaderTooLarge.err(format!(
                 "the request head is {head_bytes} bytes, over the limit of {}",
-                self.max_header_bytes
+                settings.max_header_bytes
             )));
         }
         let scrape = req.uri.path() == "/metrics"
@@ -390,7 +385,8 @@ impl ProxyHttp for Gateway {
             respond::full(session, 200, respond::PROMETHEUS_TEXT, text, id).await?;
             return Ok(true);
         }
-        if let Some(answer) = local::answer(&req.method, req.uri.path(), &routes) {
+        let draining = self.lifecycle.is_draining();
+        if let Some(answer) = local::answer(&req.method, req.uri.path(), &routes, draining) {
             return match answer {
                 local::LocalAnswer::Json(status, body) => {
                     respond::json(session, status, body, ctx.request_id.as_ref()).await?;
@@ -399,7 +395,7 @@ impl ProxyHttp for Gateway {
                 local::LocalAnswer::Error(kind, msg) => Err(kind.err(msg)),
             };
         }
-        let original = body::read(session, self.max_body_bytes, self.body_deadline).await?;
+        let original = body::read(session, settings.max_body_bytes, settings.body_deadline).await?;
         let Routed {
             target,
             force_usage,
@@ -412,8 +408,8 @@ impl ProxyHttp for Gateway {
         }
         if let Target::Model { model, pool } = &target {
             // Most configs have no fallbacks: skip hashing the model for nothing.
-            let fallbacks = (!self.fallbacks.is_empty())
-                .then(|| self.fallbacks.get(model))
+            let fallbacks = (!settings.fallbacks.is_empty())
+                .then(|| settings.fallbacks.get(model))
                 .flatten();
             if let Some(models) = fallbacks {
                 let body = ctx
@@ -447,7 +443,7 @@ impl ProxyHttp for Gateway {
             match ctx.target.as_ref() {
                 Some(Target::Model { model, pool }) => {
                     // `select` may claim an endpoint's trial: only call it to send.
-                    if ctx.tried.len() < self.max_attempts as usize {
+                    if ctx.tried.len() < self.max_attempts() as usize {
                         if let Some(u) = pool.select(&ctx.tried, ctx.affinity) {
                             break u.clone();
                         }
@@ -462,7 +458,7 @@ impl ProxyHttp for Gateway {
                 None => return Err(ErrorKind::Internal.err("no route decided")),
             }
         };
-        ctx.tried.push(upstream.index);
+        ctx.tried.push(upstream.id);
         ctx.attempt_started = Some(Instant::now());
         upstream.count_attempt();
         if let Some(parent) = &ctx.parent {
@@ -484,7 +480,7 @@ impl ProxyHttp for Gateway {
         mut e: Box<Error>,
     ) -> Box<Error> {
         ctx.blame_current(e.etype().as_str());
-        if ctx.has_untried(self.max_attempts) {
+        if ctx.has_untried(self.max_attempts()) {
             log::warn!(
                 "connect to {peer} failed ({}); trying another endpoint for model {}",
                 e.etype().as_str(),
@@ -549,7 +545,7 @@ impl ProxyHttp for Gateway {
             return e;
         }
         ctx.blame_current(e.etype().as_str());
-        if ctx.can_fail_over(session, self.max_attempts) {
+        if ctx.can_fail_over(session, self.max_attempts()) {
             log::warn!(
                 "upstream {} failed before answering ({}); trying another endpoint for model {}",
                 ctx.current
@@ -596,7 +592,7 @@ impl ProxyHttp for Gateway {
                 }
             }
         }
-        if answer.retryable() && ctx.can_fail_over(session, self.max_attempts) {
+        if answer.retryable() && ctx.can_fail_over(session, self.max_attempts()) {
             log::warn!(
                 "upstream {} answered HTTP {}; trying another endpoint for model {}",
                 ep.name,
@@ -626,7 +622,7 @@ impl ProxyHttp for Gateway {
         }
         if let (Some(Target::Model { pool, .. }), Some(t)) = (&ctx.target, ctx.attempt_started) {
             // This attempt's own time: a failover's earlier attempts are not this endpoint's.
-            pool.observe_ttfb(upstream.index, t.elapsed());
+            pool.observe_ttfb(upstream.id, t.elapsed());
         }
         if header.status.is_success() && matches!(ctx.target, Some(Target::Model { .. })) {
             let stream = failover::is_event_stream(header);

@@ -14,7 +14,7 @@ use ai_proxy::mock::MockServer;
 /// Path of the gateway binary built by cargo for this test run.
 pub const GATEWAY_BIN: &str = env!("CARGO_BIN_EXE_ai-proxy");
 
-/// How long `start*` waits for `GET /ready` to answer 200.
+/// How long `start*` waits for the first discovery round (see [`Gateway::wait_ready_on`]).
 pub const READY_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Bound on `run_gateway_cmd` and `Gateway::wait_exit`.
@@ -280,6 +280,8 @@ impl Gateway {
     }
 
     /// Poll `GET path` until 200; panics with the log if the process exits or time runs out.
+    /// On `/ready`, a 503 `no_models` also ends the wait: the first discovery round is done,
+    /// and a test of a gateway that finds nothing to route starts from there.
     pub async fn wait_ready_on(&mut self, path: &str, timeout: Duration) {
         let url = self.at(path);
         let client = Client::new().timeout(Duration::from_secs(2));
@@ -294,6 +296,7 @@ impl Gateway {
             }
             match client.try_get(&url).await {
                 Ok(r) if r.status == 200 => return,
+                Ok(r) if path == "/ready" && r.text().contains(r#""no_models""#) => return,
                 Ok(r) => last = format!("status {} {}", r.status, r.text()),
                 Err(e) => last = e,
             }
