@@ -11,6 +11,7 @@
 //! - API helpers: [`chat_body`], [`post_chat`], [`get_ok`], [`models_json`], [`model_ids`], [`endpoints_json`],
 //!   [`endpoints`], [`endpoint_named`], [`assert_openai_error`], [`inference_requests`],
 //!   [`auth_headers`], [`last_stream`], [`wait_stream_closed_early`], [`poll_until`]
+//! - [`Load`]: clients sending requests in a loop until stopped (reload and upgrade tests)
 //! - `/metrics`: [`scrape`], [`settled_scrape`], [`delta`], [`requests`], [`tokens`]
 
 #![allow(dead_code, unused_imports)]
@@ -18,6 +19,7 @@
 pub mod api;
 pub mod client;
 pub mod gateway;
+pub mod load;
 pub mod metrics;
 pub mod tls;
 
@@ -35,6 +37,7 @@ pub use self::client::{
     get, post_json, post_stream, sse_data, try_get, Client, Conn, ReqBody, Resp, StreamResp,
 };
 pub use self::gateway::{run_gateway_cmd, Gateway, GatewayBuilder, GATEWAY_BIN};
+pub use self::load::{Load, Outcomes};
 pub use self::metrics::{delta, requests, scrape, settled_scrape, tokens, total_requests};
 pub use self::tls::{TestCa, TlsFiles};
 pub use ai_proxy::mock::{
