@@ -8,7 +8,7 @@
 //! when a request head has been read (no deadline while it is served) and when the request
 //! has ended (the next head is due within the timeout).
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -27,9 +27,20 @@ struct HeadClock {
     /// Milliseconds on the process clock (see `now_ms`); 0 while a request is being served.
     due: AtomicU64,
     timeout: Duration,
+    /// The connection's first request head has not been read yet ...
+    awaiting_first: AtomicBool,
+    /// ... and is counted here (`Guarded::unheard`) until it is, or the connection ends.
+    unheard: Arc<AtomicUsize>,
 }
 
 impl HeadClock {
+    /// The first head arrived, or never will: uncount the connection (once).
+    fn first_head_done(&self) {
+        if self.awaiting_first.swap(false, Ordering::AcqRel) {
+            self.unheard.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
     fn restart(&self) {
         let due = now_ms() + u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX / 4);
         self.due.store(due, Ordering::Release);
@@ -55,7 +66,10 @@ impl HeadClock {
 
 /// Called by the proxy when a request head has been read (outside a guarded task: no-op).
 pub fn head_read() {
-    let _ = HEAD_CLOCK.try_with(|c| c.due.store(0, Ordering::Release));
+    let _ = HEAD_CLOCK.try_with(|c| {
+        c.due.store(0, Ordering::Release);
+        c.first_head_done();
+    });
 }
 
 /// Called by the proxy when a request has ended: the next head on the connection is due
@@ -80,11 +94,17 @@ pub struct Limits {
     pub max_connections: Option<usize>,
 }
 
+/// The longest shutdown waits for the first request of connections accepted just before the
+/// listeners closed.
+const FIRST_HEAD_GRACE: Duration = Duration::from_secs(2);
+
 /// A Pingora app with [`Limits`] applied.
 pub struct Guarded<A> {
     inner: Arc<A>,
     limits: Limits,
     open: AtomicUsize,
+    /// Connections whose first request head has not been read yet.
+    unheard: Arc<AtomicUsize>,
 }
 
 impl<A> Guarded<A> {
@@ -93,7 +113,17 @@ impl<A> Guarded<A> {
             inner: Arc::new(inner),
             limits,
             open: AtomicUsize::new(0),
+            unheard: Arc::default(),
         }
+    }
+}
+
+/// Ends a connection's count in `Guarded::unheard` when the connection ends without a head.
+struct Unheard(Arc<HeadClock>);
+
+impl Drop for Unheard {
+    fn drop(&mut self) {
+        self.0.first_head_done();
     }
 }
 
@@ -122,7 +152,11 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
         let clock = Arc::new(HeadClock {
             due: AtomicU64::new(0),
             timeout: self.limits.header_timeout,
+            awaiting_first: AtomicBool::new(true),
+            unheard: self.unheard.clone(),
         });
+        self.unheard.fetch_add(1, Ordering::Relaxed);
+        let _unheard = Unheard(clock.clone());
         clock.restart();
         let serve = HEAD_CLOCK.scope(clock.clone(), self.inner.process_new(stream, shutdown));
         tokio::select! {
@@ -137,7 +171,16 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
         }
     }
 
+    /// Pingora's cleanup closes every connection waiting for a request head: idle keep-alive
+    /// ones, but also one accepted just before the listeners closed, whose request is on its
+    /// way (during a graceful upgrade, the old process accepts until the last moment). Those
+    /// get a moment for their first request first; it is then served as usual.
     async fn cleanup(&self) {
+        let grace = FIRST_HEAD_GRACE.min(self.limits.header_timeout);
+        let started = Instant::now();
+        while self.unheard.load(Ordering::Relaxed) > 0 && started.elapsed() < grace {
+            sleep(Duration::from_millis(10)).await;
+        }
         self.inner.cleanup().await;
     }
 }

@@ -57,14 +57,18 @@ pub fn build_server(config: Config, upgrade: bool) -> (Server, Signals) {
         ..Opt::default()
     });
     let mut server = Server::new_with_opt_and_conf(opt, config.server_conf());
+    // On an upgrade this waits for the running gateway's sockets (Pingora exits if none come).
     server.bootstrap();
+    if upgrade {
+        log::info!("upgrade: took over the listening sockets; serving");
+    }
     if config.metrics {
         metrics::enable();
     }
     let config = Arc::new(config);
     let routes = routes::empty_routes(Arc::new(config.request_settings()));
     let (reloader, reloads) = Reloader::new(config.clone());
-    server.add_service(background_service(
+    let discovery = server.add_service(background_service(
         "discovery",
         Discovery::new(reloads, routes.clone()),
     ));
@@ -78,7 +82,13 @@ pub fn build_server(config: Config, upgrade: bool) -> (Server, Signals) {
     let mut proxy = Service::new("ai-proxy".to_string(), app);
     proxy
         .add_listener(ListenerConfig::tcp(config.listen.to_string()).l4_buffer(DOWNSTREAM_BUFFERS));
-    server.add_service(proxy);
+    let proxy = server.add_service(proxy);
+    if upgrade {
+        // The inherited socket already takes connections (the old process accepts for a few
+        // more seconds, then the kernel queues them): serve them only with routes, or the first
+        // requests of the new process would find no model.
+        proxy.add_dependency(&discovery);
+    }
     shutdown::exit_when_drained(
         server.watch_execution_phase(),
         lifecycle.clone(),

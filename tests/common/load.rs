@@ -45,7 +45,7 @@ impl Load {
                     let client = Client::new().timeout(REQUEST_TIMEOUT);
                     let mut n = 0usize;
                     while !stop.load(Ordering::Relaxed) {
-                        let stream = (c + n) % 2 == 0;
+                        let stream = (c + n).is_multiple_of(2);
                         n += 1;
                         if let Err(e) = one_request(&client, &url, &model, stream).await {
                             let kind = if stream { "stream" } else { "json" };
