@@ -23,7 +23,9 @@ ENV RUST_LOG=info
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
   CMD curl -fsS "http://127.0.0.1:${PORT:-8000}/health" || exit 1
-# SIGTERM: the gateway stops within about 6 s (1 s grace + up to 5 s drain), inside Docker's 10 s.
+# SIGTERM drains: requests in flight get up to shutdown_grace_secs, and the process exits as
+# soon as they end. Docker kills after 10 s unless `docker run --stop-timeout` says longer.
+# SIGHUP reloads the config; see README, Operations.
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["ai-proxy"]
 CMD ["--config", "/etc/ai-proxy/ai-proxy.yaml"]

@@ -45,8 +45,8 @@ impl Reloader {
         self.config.borrow().clone()
     }
 
-    /// Read the file and apply it (SIGHUP), even when it looks unchanged: keys named by
-    /// `api_key_env` and CA files are read again too.
+    /// Read the file and apply it (SIGHUP), even when it looks unchanged: the CA files it
+    /// names are read again too.
     pub fn reload(&self, env: &dyn Env) -> Result<Reloaded, String> {
         self.load(env, true)
     }
