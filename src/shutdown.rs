@@ -155,6 +155,14 @@ impl Signals {
     }
 
     fn reload(&self, why: &str, outcome: Result<Reloaded, String>) {
+        let result = match &outcome {
+            Ok(Reloaded::Applied) => Some("applied"),
+            Err(_) => Some("rejected"),
+            Ok(_) => None,
+        };
+        if let (Some(m), Some(result)) = (crate::metrics::get(), result) {
+            m.config_reloads.with_label_values(&[result]).inc();
+        }
         match outcome {
             Ok(Reloaded::Applied) => log::info!("reload ({why}): new config in force"),
             Ok(Reloaded::Unchanged) => {}

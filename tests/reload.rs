@@ -181,6 +181,15 @@ async fn an_invalid_file_leaves_the_running_config_in_force() {
     wait_models(&gw, "m2", "none").await;
     wait_log(&gw, "listen changed; that takes a restart").await;
     assert_eq!(post_chat(&gw, "m2", &[]).await.status, 200);
+    let m = scrape(&gw).await;
+    let reloads = |result: &str| {
+        m.get(&format!(
+            "ai_proxy_config_reloads_total{{result=\"{result}\"}}"
+        ))
+        .copied()
+    };
+    assert_eq!(reloads("rejected"), Some(3.0));
+    assert_eq!(reloads("applied"), Some(1.0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

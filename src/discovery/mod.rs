@@ -430,3 +430,63 @@ fn ticker(interval: Duration) -> tokio::time::Interval {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoint(name: &str, port: u16, key: Option<&str>) -> Arc<Endpoint> {
+        let key = key.map(|k| crate::endpoint::ApiKey::new(k).unwrap());
+        let url = format!("http://127.0.0.1:{port}");
+        Arc::new(Endpoint::new(&url, EndpointKind::Openai, Some(name.into()), key, None).unwrap())
+    }
+
+    #[test]
+    fn restate_keeps_unchanged_endpoints_and_gives_others_new_ids() {
+        let mut ids = EndpointIds::default();
+        let (a, b, c) = (
+            endpoint("a", 1, None),
+            endpoint("b", 2, None),
+            endpoint("c", 3, None),
+        );
+        let mut states = Vec::new();
+        restate(&mut states, &[a.clone(), b.clone(), c], &mut ids);
+        assert_eq!(states.iter().map(|s| s.id).collect::<Vec<_>>(), [0, 1, 2]);
+        states[1].models = vec![parse::DiscoveredModel {
+            id: "m".into(),
+            created: None,
+            owned_by: None,
+        }];
+
+        // b as it was (a new but equal definition), a with a new key, c gone, d new; b first.
+        let changes = restate(
+            &mut states,
+            &[
+                endpoint("b", 2, None),
+                endpoint("a", 1, Some("sk-new")),
+                endpoint("d", 4, None),
+            ],
+            &mut ids,
+        );
+        assert_eq!(
+            changes,
+            EndpointChanges {
+                added: vec!["d".into()],
+                removed: vec!["c".into()],
+                changed: vec!["a".into()],
+                kept: 1,
+            }
+        );
+        let names: Vec<&str> = states.iter().map(|s| s.endpoint.name.as_str()).collect();
+        assert_eq!(names, ["b", "a", "d"]);
+        assert_eq!(states[0].id, 1, "b keeps its id ...");
+        assert!(
+            Arc::ptr_eq(&states[0].endpoint, &b),
+            "... its endpoint (health, in flight)"
+        );
+        assert_eq!(states[0].models.len(), 1, "... and its models");
+        assert_eq!((states[1].id, states[2].id), (3, 4), "ids are never reused");
+        assert!(!Arc::ptr_eq(&states[1].endpoint, &a));
+        assert_eq!(states[1].status, PollStatus::Pending);
+    }
+}

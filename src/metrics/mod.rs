@@ -40,6 +40,7 @@ pub struct Metrics {
     upstream_attempts: IntCounterVec,
     pub upstream_failures: IntCounterVec,
     pub discovery_runs: IntCounterVec,
+    pub config_reloads: IntCounterVec,
     tokens: IntCounterVec,
     inflight: IntGaugeVec,
     healthy: IntGaugeVec,
@@ -107,6 +108,11 @@ impl Metrics {
                 "ai_proxy_discovery_runs_total",
                 "Discovery polls (the active health probes), by endpoint and result (ok, failed).",
                 &["endpoint", "result"],
+            ),
+            config_reloads: counter(
+                "ai_proxy_config_reloads_total",
+                "Config reloads (SIGHUP or a changed file), by result (applied, rejected).",
+                &["result"],
             ),
             tokens: counter(
                 "ai_proxy_tokens_total",
