@@ -115,7 +115,15 @@ fn turn_body(c: usize, turn: usize) -> String {
     serde_json::json!({"model": "m", "messages": messages}).to_string()
 }
 
+/// One turn, sent once the turn before it has ended in the gateway too: a request is counted
+/// in flight until just after its last byte is written, and a conversation's next turn must
+/// not find its home over the load bound because of that instant.
 async fn send_turn(gw: &Gateway, c: usize, turn: usize) -> String {
+    let idle = poll_until(Duration::from_secs(5), || async {
+        endpoints(gw).await.iter().all(|e| e["in_flight"] == 0)
+    })
+    .await;
+    assert!(idle.is_some(), "requests stayed in flight");
     let r = post_json(&gw.at("/v1/chat/completions"), turn_body(c, turn), &[]).await;
     assert_eq!(r.status, 200, "{}", r.text());
     r.header("x-ai-proxy-endpoint").unwrap().to_string()

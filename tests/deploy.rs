@@ -23,11 +23,11 @@ const EXAMPLE_ENV: &[(&str, &str)] = &[("OPENAI_API_KEY", "sk-example-placeholde
 
 fn check_config(path: &Path) {
     let out = run_gateway_cmd(&["--check-config", path.to_str().unwrap()], EXAMPLE_ENV);
+    let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        out.status.success(),
-        "{} fails --check-config: {}{}",
+        out.status.success() && stdout.contains(": OK, "),
+        "{} fails --check-config: {stdout}{}",
         path.display(),
-        String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
 }
