@@ -128,14 +128,7 @@ async fn sighup_under_load_adds_and_removes_endpoints_without_a_failed_request()
             "the whole stream arrived"
         );
     }
-    let outcomes = load.stop().await;
-    assert!(
-        outcomes.failures.is_empty(),
-        "{} of {} requests failed: {:?}",
-        outcomes.failures.len(),
-        outcomes.completed,
-        outcomes.failures
-    );
+    load.stop().await.assert_none_failed();
     let names: Vec<String> = endpoints(&gw)
         .await
         .iter()

@@ -97,14 +97,7 @@ async fn graceful_upgrade_keeps_streams_and_hands_new_connections_to_the_new_pro
     }
     let served_by_new = logged_requests(&new);
     assert!(load.wait_for_more(20, Duration::from_secs(20)).await);
-    let outcomes = load.stop().await;
-    assert!(
-        outcomes.failures.is_empty(),
-        "{} of {} requests failed: {:?}",
-        outcomes.failures.len(),
-        outcomes.completed,
-        outcomes.failures
-    );
+    load.stop().await.assert_none_failed();
     // The access log is written in batches: wait for the lines to land.
     let logged = poll_until(Duration::from_secs(5), || async {
         logged_requests(&new) >= served_by_new + 20

@@ -24,6 +24,8 @@ usage: cargo bench --bench proxy [-- OPTIONS]
                      nginx only if on PATH; ai-proxy-bare = metrics and access log off)
   --rounds N         run the latency and throughput points N times, the systems interleaved,
                      and report each value's median (default 1): for ratios within a few %
+  --baseline PATH    also run the gateway binary at PATH (say, a release build of an earlier
+                     commit) as system `baseline`, with ai-proxy's config: an A/B in one run
   --help             this text";
 
 /// What to run and for how long.
@@ -55,6 +57,8 @@ pub struct Opts {
     pub systems: Option<Vec<String>>,
     /// Runs of each latency and throughput point per system, interleaved; medians reported.
     pub rounds: usize,
+    /// `--baseline`: another gateway binary, run beside `ai-proxy` as system `baseline`.
+    pub baseline: Option<std::path::PathBuf>,
 }
 
 impl Opts {
@@ -76,6 +80,7 @@ impl Opts {
             stream_window: None,
             systems: None,
             rounds: 1,
+            baseline: None,
         }
     }
 
@@ -118,6 +123,14 @@ impl Opts {
                 "--rounds" => {
                     let v = it.next().ok_or("--rounds needs a value")?;
                     opts.rounds = parse_counts(v)?.first().copied().unwrap_or(1);
+                }
+                "--baseline" => {
+                    let v = it.next().ok_or("--baseline needs a path")?;
+                    let path = std::path::PathBuf::from(v);
+                    if !path.is_file() {
+                        return Err(format!("--baseline: {v:?} is not a file"));
+                    }
+                    opts.baseline = Some(path);
                 }
                 "--systems" => {
                     let v = it.next().ok_or("--systems needs a value")?;

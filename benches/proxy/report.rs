@@ -76,6 +76,9 @@ fn describe(name: &str, cx: &Context) -> String {
             "ai-proxy = → gateway ({} threads; metrics on, access log to stdout) → mock",
             cx.machine.cores
         ),
+        "baseline" => {
+            "baseline = → the `--baseline` gateway binary, ai-proxy's config → mock".to_string()
+        }
         "ai-proxy-bare" => format!(
             "ai-proxy-bare = → gateway ({} threads; metrics and access log off) → mock",
             cx.machine.cores

@@ -90,11 +90,30 @@ impl Lab {
                 pids: Vec::new(),
             });
         }
+        let gateway = Path::new(env!("CARGO_BIN_EXE_ai-proxy"));
         if opts.wants("ai-proxy") {
-            systems.push(start_gateway(dir.path(), mock_addr, Observability::On)?);
+            systems.push(start_gateway(
+                dir.path(),
+                mock_addr,
+                Observability::On,
+                gateway,
+            )?);
+        }
+        if let Some(baseline) = &opts.baseline {
+            systems.push(start_gateway(
+                dir.path(),
+                mock_addr,
+                Observability::Baseline,
+                baseline,
+            )?);
         }
         if opts.wants("ai-proxy-bare") {
-            systems.push(start_gateway(dir.path(), mock_addr, Observability::Off)?);
+            systems.push(start_gateway(
+                dir.path(),
+                mock_addr,
+                Observability::Off,
+                gateway,
+            )?);
         }
         let mut nginx_version = None;
         if opts.wants("nginx") {
@@ -127,17 +146,24 @@ fn local(port: u16) -> SocketAddr {
 }
 
 /// Metrics and access log at their defaults (on, the log to stdout: a file the bench keeps),
-/// or both off (`ai-proxy-bare`).
+/// the same for another binary (`--baseline`), or both off (`ai-proxy-bare`).
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Observability {
     On,
+    Baseline,
     Off,
 }
 
-fn start_gateway(dir: &Path, mock: SocketAddr, obs: Observability) -> Result<System, String> {
+fn start_gateway(
+    dir: &Path,
+    mock: SocketAddr,
+    obs: Observability,
+    bin: &Path,
+) -> Result<System, String> {
     let addr = local(process::free_port()?);
     let (name, extra) = match obs {
         Observability::On => ("ai-proxy", ""),
+        Observability::Baseline => ("baseline", ""),
         Observability::Off => ("ai-proxy-bare", "metrics: false\naccess_log: \"off\"\n"),
     };
     let yaml = format!(
@@ -147,7 +173,7 @@ fn start_gateway(dir: &Path, mock: SocketAddr, obs: Observability) -> Result<Sys
     );
     let path = dir.join(format!("{name}.yaml"));
     std::fs::write(&path, yaml).map_err(|e| format!("write {}: {e}", path.display()))?;
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ai-proxy"));
+    let mut cmd = Command::new(bin);
     // The shipped default log level, whatever the caller's environment says.
     cmd.arg("--config").arg(&path).env("RUST_LOG", "info");
     let log = dir.join(format!("{name}.log"));

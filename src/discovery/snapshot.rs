@@ -147,20 +147,26 @@ mod tests {
         s
     }
 
+    /// The routes of `states` after `previous`, ready, with the default policy.
+    fn build(states: &[EndpointState], previous: &Routes) -> Routes {
+        let settings = Default::default();
+        build_routes(
+            states,
+            previous,
+            SystemTime::now(),
+            true,
+            &Balancing::default(),
+            &settings,
+        )
+    }
+
     #[test]
     fn union_of_models_each_once_and_pool_reuse() {
         let states = vec![
             state(0, 1, &["b", "a"], PollStatus::Ok),
             state(1, 2, &["a", "c"], PollStatus::Failed("down".into())),
         ];
-        let r1 = build_routes(
-            &states,
-            &Routes::default(),
-            SystemTime::now(),
-            true,
-            &Balancing::default(),
-            &Default::default(),
-        );
+        let r1 = build(&states, &Routes::default());
         let v: serde_json::Value = serde_json::from_slice(&r1.models_json).unwrap();
         let ids: Vec<&str> = v["data"]
             .as_array()
@@ -172,24 +178,10 @@ mod tests {
         assert_eq!(r1.pool("a").unwrap().len(), 2);
         assert_eq!(r1.default_upstream.as_ref().unwrap().id, 0);
 
-        let r2 = build_routes(
-            &states,
-            &r1,
-            SystemTime::now(),
-            true,
-            &Balancing::default(),
-            &Default::default(),
-        );
+        let r2 = build(&states, &r1);
         assert!(Arc::ptr_eq(r1.pool("a").unwrap(), r2.pool("a").unwrap()));
         let fewer = vec![state(0, 1, &["a"], PollStatus::Ok)];
-        let r3 = build_routes(
-            &fewer,
-            &r2,
-            SystemTime::now(),
-            true,
-            &Balancing::default(),
-            &Default::default(),
-        );
+        let r3 = build(&fewer, &r2);
         assert!(!Arc::ptr_eq(r2.pool("a").unwrap(), r3.pool("a").unwrap()));
         assert!(r3.pool("c").is_none());
     }
@@ -197,14 +189,7 @@ mod tests {
     #[test]
     fn endpoints_view_has_status_and_no_key() {
         let states = vec![state(0, 1, &["a"], PollStatus::Failed("HTTP 500".into()))];
-        let r = build_routes(
-            &states,
-            &Routes::default(),
-            SystemTime::now(),
-            true,
-            &Balancing::default(),
-            &Default::default(),
-        );
+        let r = build(&states, &Routes::default());
         let text = String::from_utf8(r.endpoints_json().to_vec()).unwrap();
         assert!(!text.contains("sk-hidden"));
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();

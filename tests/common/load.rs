@@ -30,6 +30,19 @@ pub struct Outcomes {
     pub failures: Vec<String>,
 }
 
+impl Outcomes {
+    /// Panics, listing them, when any request failed.
+    pub fn assert_none_failed(&self) {
+        assert!(
+            self.failures.is_empty(),
+            "{} of {} requests failed: {:?}",
+            self.failures.len(),
+            self.completed,
+            self.failures
+        );
+    }
+}
+
 impl Load {
     /// `clients` loops of `POST {base}/v1/chat/completions` for `model`.
     pub fn start(base: &str, model: &str, clients: usize) -> Load {
