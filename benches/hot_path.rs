@@ -118,6 +118,7 @@ fn bench_observability(c: &mut Criterion) {
                 request_id: "a1b2c3d4e5f60718-2f",
                 method: "POST",
                 path: "/v1/chat/completions",
+                key: Some("team-a"),
                 model: Some("meta-llama/Llama-3.3-70B-Instruct"),
                 endpoint: Some("vllm-a"),
                 status: 200,

@@ -96,6 +96,8 @@ pub struct Entry<'a> {
     pub request_id: &'a str,
     pub method: &'a str,
     pub path: &'a str,
+    /// The client key's name (never the key).
+    pub key: Option<&'a str>,
     pub model: Option<&'a str>,
     pub endpoint: Option<&'a str>,
     pub status: u16,
@@ -150,6 +152,8 @@ pub fn format_line(e: &Entry<'_>, out: &mut Vec<u8>) {
     string(out, e.method);
     out.extend_from_slice(b",\"path\":");
     string(out, e.path);
+    out.extend_from_slice(b",\"key\":");
+    optional(out, e.key, string);
     out.extend_from_slice(b",\"model\":");
     optional(out, e.model, string);
     out.extend_from_slice(b",\"endpoint\":");
@@ -304,6 +308,7 @@ mod tests {
             request_id: "r-1",
             method: "POST",
             path: "/v1/chat/completions",
+            key: None,
             model: Some("m"),
             endpoint: None,
             status: 200,
@@ -322,7 +327,7 @@ mod tests {
         format_line(&e, &mut line);
         assert_eq!(
             std::str::from_utf8(&line).unwrap(),
-            "{\"time\":\"2025-11-26T13:05:09.007Z\",\"request_id\":\"r-1\",\"method\":\"POST\",\"path\":\"/v1/chat/completions\",\"model\":\"m\",\"endpoint\":null,\"status\":200,\"attempts\":1,\"ttfb_ms\":1.500,\"duration_ms\":2.250,\"bytes_in\":10,\"bytes_out\":20,\"tokens\":{\"prompt\":3,\"completion\":0},\"error\":null}\n"
+            "{\"time\":\"2025-11-26T13:05:09.007Z\",\"request_id\":\"r-1\",\"method\":\"POST\",\"path\":\"/v1/chat/completions\",\"key\":null,\"model\":\"m\",\"endpoint\":null,\"status\":200,\"attempts\":1,\"ttfb_ms\":1.500,\"duration_ms\":2.250,\"bytes_in\":10,\"bytes_out\":20,\"tokens\":{\"prompt\":3,\"completion\":0},\"error\":null}\n"
         );
         // Strings that need escaping are escaped; the line stays one line of JSON.
         e.path = "/a\"b\\c\n";

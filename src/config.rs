@@ -12,6 +12,7 @@ use pingora::server::configuration::ServerConf;
 use serde::Deserialize;
 
 use crate::access_log;
+use crate::auth::{Auth, AuthConfig};
 use crate::balance::{AffinityOptions, Balancing, KeySource, PolicyName};
 use crate::endpoint::{redact_userinfo, ApiKey, Endpoint, EndpointKind, Timeouts};
 use crate::health::HealthPolicy;
@@ -64,6 +65,7 @@ struct FileConfig {
     health: Option<HealthConfig>,
     fallbacks: Option<HashMap<String, Vec<String>>>,
     balancing: Option<BalancingConfig>,
+    auth: Option<AuthConfig>,
     endpoints: Option<Vec<EndpointConfig>>,
 }
 
@@ -180,6 +182,8 @@ pub struct Config {
     pub fallbacks: HashMap<String, Vec<String>>,
     /// The balancing policy of each model.
     pub balancing: Balancing,
+    /// Client keys and the admin key (`auth:`, else `AI_PROXY_KEYS`); open by default.
+    pub auth: Arc<Auth>,
     pub endpoints: Vec<Arc<Endpoint>>,
 }
 
@@ -411,6 +415,10 @@ impl Config {
             probe_timeout,
             fallbacks: fallbacks(file.fallbacks.unwrap_or_default())?,
             balancing: balancing(file.balancing.unwrap_or_default())?,
+            auth: Arc::new(match file.auth {
+                Some(section) => Auth::from_config(section, env)?,
+                None => Auth::from_env(env)?,
+            }),
             endpoints,
         })
     }
@@ -440,6 +448,7 @@ impl Config {
             force_stream_usage: self.stream_usage == StreamUsage::Force,
             fallbacks: self.fallbacks.clone(),
             affinity_key: self.balancing.affinity.key,
+            auth: self.auth.clone(),
         }
     }
 
@@ -488,6 +497,8 @@ pub struct RequestSettings {
     pub fallbacks: HashMap<String, Vec<String>>,
     /// Where `prefix_affinity` pools read a request's key from.
     pub affinity_key: KeySource,
+    /// Who may send requests.
+    pub auth: Arc<Auth>,
 }
 
 impl Default for RequestSettings {
@@ -500,6 +511,7 @@ impl Default for RequestSettings {
             force_stream_usage: false,
             fallbacks: HashMap::new(),
             affinity_key: KeySource::default(),
+            auth: Arc::default(),
         }
     }
 }

@@ -336,6 +336,9 @@ impl Endpoint {
     pub fn rewrite_request(&self, req: &mut RequestHeader) -> pingora::Result<()> {
         req.insert_header(http::header::HOST, self.host_header.clone())?;
         req.remove_header(&http::header::PROXY_AUTHORIZATION);
+        // The client's own credentials never go upstream: its `Authorization` is replaced
+        // below, and `x-api-key` (the other place a gateway key may come in) is dropped.
+        req.remove_header(crate::auth::API_KEY_HEADER);
         match &self.authorization {
             Some(auth) => {
                 req.insert_header(http::header::AUTHORIZATION, auth.clone())?;

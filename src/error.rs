@@ -10,6 +10,10 @@ use serde_json::json;
 pub enum ErrorKind {
     /// 400: the body is not JSON, or has no usable `model`.
     InvalidRequest,
+    /// 401: no client key, or not a valid one.
+    InvalidApiKey,
+    /// 403: the client key may not use the model.
+    ModelNotAllowed,
     /// 404: no endpoint serves the model.
     ModelNotFound,
     /// 404: no such route.
@@ -20,6 +24,8 @@ pub enum ErrorKind {
     RequestTimeout,
     /// 413: the body is over `max_body_bytes`.
     BodyTooLarge,
+    /// 429: the client key is over its `requests_per_minute`.
+    RateLimited,
     /// 431: the request head is over `max_header_bytes`.
     HeaderTooLarge,
     /// 502: every candidate endpoint failed before any byte reached the client.
@@ -36,6 +42,9 @@ impl ErrorKind {
     pub fn status(self) -> u16 {
         match self {
             ErrorKind::InvalidRequest => 400,
+            ErrorKind::InvalidApiKey => 401,
+            ErrorKind::ModelNotAllowed => 403,
+            ErrorKind::RateLimited => 429,
             ErrorKind::ModelNotFound | ErrorKind::NotFound => 404,
             ErrorKind::MethodNotAllowed => 405,
             ErrorKind::RequestTimeout => 408,
@@ -52,6 +61,9 @@ impl ErrorKind {
     pub fn code(self) -> &'static str {
         match self {
             ErrorKind::InvalidRequest => "invalid_request",
+            ErrorKind::InvalidApiKey => "invalid_api_key",
+            ErrorKind::ModelNotAllowed => "model_not_allowed",
+            ErrorKind::RateLimited => "rate_limit_exceeded",
             ErrorKind::ModelNotFound => "model_not_found",
             ErrorKind::NotFound => "not_found",
             ErrorKind::MethodNotAllowed => "method_not_allowed",
@@ -92,8 +104,11 @@ impl ErrorKind {
     }
 }
 
-const ALL: [ErrorKind; 11] = [
+const ALL: [ErrorKind; 14] = [
     ErrorKind::InvalidRequest,
+    ErrorKind::InvalidApiKey,
+    ErrorKind::ModelNotAllowed,
+    ErrorKind::RateLimited,
     ErrorKind::ModelNotFound,
     ErrorKind::NotFound,
     ErrorKind::MethodNotAllowed,

@@ -2,6 +2,7 @@
 //! across OpenAI-compatible and OCF endpoints.
 
 pub mod access_log;
+pub mod auth;
 pub mod balance;
 pub mod config;
 pub mod discovery;

@@ -86,6 +86,13 @@ fn main() -> ExitCode {
         );
         return ExitCode::FAILURE;
     }
+    if !config.auth.requires_client_key() && !config.listen.ip().is_loopback() {
+        log::warn!(
+            "no client keys (auth.keys or AI_PROXY_KEYS) while listening on {}: anyone who \
+             reaches this port can use every upstream key; see README, Access control",
+            config.listen
+        );
+    }
     raise_open_file_limit();
     log::info!(
         "ai-proxy {} starting: {}",

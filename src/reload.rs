@@ -75,6 +75,9 @@ impl Reloader {
             .map_err(|_| format!("{}: the file is not UTF-8 text", path.display()))?;
         let mut config = Config::from_yaml(&text, Source::Yaml(path.clone()), env)
             .map_err(|e| format!("{}: {e}", path.display()))?;
+        if let Some(auth) = Arc::get_mut(&mut config.auth) {
+            auth.keep_limits_of(&running.auth);
+        }
         let ignored = config.keep_restart_only(&running);
         if !ignored.is_empty() {
             log::warn!(

@@ -2,13 +2,14 @@
 //! move to another endpoint.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::HeaderValue;
 use pingora::proxy::Session;
 
 use super::{fallback, large_body, watchdog};
+use crate::auth::ClientKey;
 use crate::endpoint::{Endpoint, InFlight};
 use crate::routes::Pool;
 use crate::shutdown::ActiveRequest;
@@ -77,6 +78,12 @@ pub struct RequestCtx {
     pub(super) strip_usage: Option<StripUsageChunk>,
     /// The answer's token usage.
     pub(super) tokens: Option<usage::Tokens>,
+    /// The client key the request came with (when the gateway has keys).
+    pub(super) client: Option<Arc<ClientKey>>,
+    /// The request was refused: its key may not use its model.
+    pub(super) model_refused: bool,
+    /// A refusal's `Retry-After` (the key's rate limit).
+    pub(super) retry_after: Option<Duration>,
 }
 
 impl RequestCtx {

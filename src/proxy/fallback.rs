@@ -19,10 +19,17 @@ pub struct FallbackChain {
 }
 
 impl FallbackChain {
-    /// The chain of `models` that have endpoints in `routes`; `None` when none has.
-    pub fn new(body: Bytes, models: &[String], routes: &Routes) -> Option<Self> {
+    /// The chain of `models` that have endpoints in `routes` and that the request's key
+    /// `allows`; `None` when none is left.
+    pub fn new(
+        body: Bytes,
+        models: &[String],
+        routes: &Routes,
+        allows: impl Fn(&str) -> bool,
+    ) -> Option<Self> {
         let next: VecDeque<_> = models
             .iter()
+            .filter(|m| allows(m))
             .filter_map(|m| routes.pool(m).map(|p| (m.clone(), p.clone())))
             .collect();
         (!next.is_empty()).then_some(FallbackChain { body, next })

@@ -4,18 +4,28 @@
 use bytes::Bytes;
 use http::Method;
 
+use crate::auth::ClientKey;
 use crate::error::ErrorKind;
+use crate::openai::List;
 use crate::routes::Routes;
 
 /// A local route's answer: status and JSON body, or an error.
 pub enum LocalAnswer {
     Json(u16, Bytes),
     Error(ErrorKind, String),
+    /// A model the request's key may not use.
+    Refused(Box<pingora::Error>),
 }
 
 /// The answer for a local path, or `None` when the path is to be proxied. `draining`: the
-/// gateway is shutting down.
-pub fn answer(method: &Method, path: &str, routes: &Routes, draining: bool) -> Option<LocalAnswer> {
+/// gateway is shutting down; `client`: the request's key, whose allowlist filters the models.
+pub fn answer(
+    method: &Method,
+    path: &str,
+    routes: &Routes,
+    draining: bool,
+    client: Option<&ClientKey>,
+) -> Option<LocalAnswer> {
     let route = match path {
         "/health" | "/ready" | "/v1/models" | "/v1/endpoints" => path,
         p if p.starts_with("/v1/models/") => "/v1/models/{id}",
@@ -36,10 +46,43 @@ pub fn answer(method: &Method, path: &str, routes: &Routes, draining: bool) -> O
     Some(match route {
         "/health" => LocalAnswer::Json(200, Bytes::from_static(br#"{"status":"ok"}"#)),
         "/ready" => readiness(routes, draining),
-        "/v1/models" => LocalAnswer::Json(200, routes.models_json.clone()),
+        "/v1/models" => match client.filter(|c| !c.allows_any_model()) {
+            None => LocalAnswer::Json(200, routes.models_json.clone()),
+            Some(c) => {
+                let allowed = routes.model_entries.iter().filter(|m| c.allows(&m.id));
+                LocalAnswer::Json(200, to_json(&List::new(allowed.collect())))
+            }
+        },
         "/v1/endpoints" => LocalAnswer::Json(200, routes.endpoints_json()),
-        _ => retrieve_model(&path["/v1/models/".len()..], routes),
+        _ => retrieve_model(&path["/v1/models/".len()..], routes, client),
     })
+}
+
+/// The error for a model the request's key may not use (`model` `None`: a request without
+/// one, which only an unrestricted key may send): 403, or 404 as for a model that does not
+/// exist when the operator hides unlisted models.
+pub fn refused_model(model: Option<&str>, hide: bool) -> Box<pingora::Error> {
+    match (model, hide) {
+        (Some(m), true) => ErrorKind::ModelNotFound.err(not_found_message(m)),
+        (Some(m), false) => ErrorKind::ModelNotAllowed.err(format!(
+            "This API key may not use the model `{}`",
+            m.chars().take(200).collect::<String>()
+        )),
+        (None, _) => ErrorKind::ModelNotAllowed
+            .err("This API key may only send requests that name one of its models in `model`"),
+    }
+}
+
+/// The 404 message for a model no endpoint serves.
+pub fn not_found_message(id: &str) -> String {
+    format!(
+        "The model `{}` does not exist or is not served by any endpoint",
+        id.chars().take(200).collect::<String>()
+    )
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> Bytes {
+    Bytes::from(serde_json::to_vec(v).expect("plain data serializes"))
 }
 
 /// `GET /ready`: 200 once the first discovery round is done and a model is routable; 503
@@ -58,21 +101,17 @@ fn readiness(routes: &Routes, draining: bool) -> LocalAnswer {
 }
 
 /// `GET /v1/models/{id}`: one model of the merged list. Ids may hold slashes
-/// (`Qwen/Qwen3-8B`), sent as they are or as `%2F`.
-fn retrieve_model(raw_id: &str, routes: &Routes) -> LocalAnswer {
+/// (`Qwen/Qwen3-8B`), sent as they are or as `%2F`. A model the key may not use is refused as
+/// a request for it would be.
+fn retrieve_model(raw_id: &str, routes: &Routes, client: Option<&ClientKey>) -> LocalAnswer {
     let id = percent_decode(raw_id);
     match routes.model(&id) {
-        Some(entry) => LocalAnswer::Json(
-            200,
-            Bytes::from(serde_json::to_vec(entry).expect("plain data serializes")),
-        ),
-        None => LocalAnswer::Error(
-            ErrorKind::ModelNotFound,
-            format!(
-                "The model `{}` does not exist or is not served by any endpoint",
-                id.chars().take(200).collect::<String>()
-            ),
-        ),
+        Some(_) if client.is_some_and(|c| !c.allows(&id)) => LocalAnswer::Refused(refused_model(
+            Some(&id),
+            routes.settings.auth.hide_unlisted_models,
+        )),
+        Some(entry) => LocalAnswer::Json(200, to_json(entry)),
+        None => LocalAnswer::Error(ErrorKind::ModelNotFound, not_found_message(&id)),
     }
 }
 
@@ -111,10 +150,11 @@ mod tests {
     #[test]
     fn local_and_proxied_paths() {
         let r = Routes::default();
-        let status = |m: &Method, p: &str| match answer(m, p, &r, false) {
+        let status = |m: &Method, p: &str| match answer(m, p, &r, false, None) {
             None => 0,
             Some(LocalAnswer::Json(s, _)) => s,
             Some(LocalAnswer::Error(k, _)) => k.status(),
+            Some(LocalAnswer::Refused(_)) => 403,
         };
         assert_eq!(status(&Method::GET, "/health"), 200);
         assert_eq!(status(&Method::GET, "/ready"), 503);

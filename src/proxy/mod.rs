@@ -29,6 +29,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
+use crate::auth::{self, Auth};
 use crate::balance::affinity_key;
 use crate::config::Config;
 use crate::error::{ErrorKind, Rendered};
@@ -149,10 +150,7 @@ impl Gateway {
             }
             None if !routes.ready => Err(ErrorKind::NoHealthyEndpoint
                 .err("model discovery has not completed yet; retry shortly")),
-            None => Err(ErrorKind::ModelNotFound.err(format!(
-                "The model `{}` does not exist or is not served by any endpoint",
-                truncate(&model, 200)
-            ))),
+            None => Err(ErrorKind::ModelNotFound.err(local::not_found_message(&model))),
         }
     }
 
@@ -245,6 +243,53 @@ impl Gateway {
 }
 
 impl Gateway {
+    /// Access control, before the body is read: `/health` and `/ready` are open, the admin
+    /// routes (`/metrics`, `/v1/endpoints`) need the admin key, every other route a client
+    /// key (when the gateway has keys) within its rate limit. The model check comes once the
+    /// body has named the model.
+    fn authorize(&self, auth: &Auth, req: &RequestHeader, ctx: &mut RequestCtx) -> Result<()> {
+        let path = req.uri.path();
+        if path == "/health" || path == "/ready" {
+            return Ok(());
+        }
+        let admin = path == "/metrics" || path == "/v1/endpoints";
+        let checked = if admin {
+            auth.admin(&req.headers)
+        } else {
+            auth.client(&req.headers).map(|c| ctx.client = c.cloned())
+        };
+        if let Err(denied) = checked {
+            if let Some(m) = crate::metrics::get() {
+                m.invalid_key();
+            }
+            return Err(ErrorKind::InvalidApiKey.err(denied.message(admin)));
+        }
+        if let Some(client) = &ctx.client {
+            if let Err(wait) = client.admit() {
+                ctx.retry_after = Some(wait);
+                return Err(ErrorKind::RateLimited.err(format!(
+                    "Rate limit reached for this API key: {} requests per minute. Retry in {:.1} s.",
+                    client.requests_per_minute().unwrap_or_default(),
+                    wait.as_secs_f64()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// What access control made of a request, in its key's metrics.
+    fn count_client(ctx: &RequestCtx) {
+        if let Some(client) = &ctx.client {
+            client.count(if ctx.retry_after.is_some() {
+                auth::Outcome::RateLimited
+            } else if ctx.model_refused {
+                auth::Outcome::ModelNotAllowed
+            } else {
+                auth::Outcome::Allowed
+            });
+        }
+    }
+
     fn access_log(
         &self,
         session: &Session,
@@ -268,6 +313,7 @@ impl Gateway {
                 .unwrap_or(""),
             method: req.method.as_str(),
             path: req.uri.path(),
+            key: ctx.client.as_ref().map(|c| c.name.as_str()),
             model: ctx.model(),
             endpoint: ctx.current.as_ref().map(|u| u.endpoint.name.as_str()),
             status,
@@ -314,13 +360,6 @@ fn stream_error_event(r: &Rendered, model: Option<&str>) -> Bytes {
     event.extend_from_slice(&r.body());
     event.extend_from_slice(b"\n\n");
     Bytes::from(event)
-}
-
-fn truncate(s: &str, max: usize) -> &str {
-    match s.char_indices().nth(max) {
-        Some((i, _)) => &s[..i],
-        None => s,
-    }
 }
 
 #[async_trait]
@@ -377,6 +416,7 @@ impl ProxyHttp for Gateway {
                 settings.max_header_bytes
             )));
         }
+        self.authorize(&settings.auth, req, ctx)?;
         let scrape = req.uri.path() == "/metrics"
             && (req.method == http::Method::GET || req.method == http::Method::HEAD);
         if let Some(m) = crate::metrics::get().filter(|_| scrape) {
@@ -386,13 +426,19 @@ impl ProxyHttp for Gateway {
             return Ok(true);
         }
         let draining = self.lifecycle.is_draining();
-        if let Some(answer) = local::answer(&req.method, req.uri.path(), &routes, draining) {
+        let client = ctx.client.as_deref();
+        if let Some(answer) = local::answer(&req.method, req.uri.path(), &routes, draining, client)
+        {
             return match answer {
                 local::LocalAnswer::Json(status, body) => {
                     respond::json(session, status, body, ctx.request_id.as_ref()).await?;
                     Ok(true)
                 }
                 local::LocalAnswer::Error(kind, msg) => Err(kind.err(msg)),
+                local::LocalAnswer::Refused(e) => {
+                    ctx.model_refused = true;
+                    Err(e)
+                }
             };
         }
         let original = body::read(session, settings.max_body_bytes, settings.body_deadline).await?;
@@ -401,6 +447,20 @@ impl ProxyHttp for Gateway {
             force_usage,
             affinity,
         } = self.target(session, &routes, &original)?;
+        if let Some(client) = &ctx.client {
+            let model = match &target {
+                Target::Model { model, .. } => Some(model.as_str()),
+                Target::Default(_) => None,
+            };
+            let allowed = model.map_or(client.allows_any_model(), |m| client.allows(m));
+            if !allowed {
+                ctx.model_refused = true;
+                return Err(local::refused_model(
+                    model,
+                    settings.auth.hide_unlisted_models,
+                ));
+            }
+        }
         ctx.affinity = affinity;
         if force_usage {
             ctx.body_override = with_include_usage(&original);
@@ -416,7 +476,9 @@ impl ProxyHttp for Gateway {
                     .body_override
                     .clone()
                     .unwrap_or_else(|| original.clone());
-                ctx.fallbacks = fallback::FallbackChain::new(body, models, &routes);
+                let client = ctx.client.as_deref();
+                let allows = |m: &str| client.is_none_or(|c| c.allows(m));
+                ctx.fallbacks = fallback::FallbackChain::new(body, models, &routes, allows);
             }
             let in_service = pool.has_candidate(&[]);
             ctx.target = Some(target);
@@ -796,8 +858,21 @@ impl ProxyHttp for Gateway {
         {
             rendered.message = format!("{} (model `{model}`)", rendered.message);
         }
+        let extra = match (rendered.kind, ctx.retry_after) {
+            (ErrorKind::InvalidApiKey, _) => vec![(
+                http::header::WWW_AUTHENTICATE.as_str(),
+                http::HeaderValue::from_static("Bearer"),
+            )],
+            // Whole seconds, rounded up: a client that waits that long is let through.
+            (ErrorKind::RateLimited, Some(wait)) => vec![(
+                http::header::RETRY_AFTER.as_str(),
+                http::HeaderValue::from(wait.as_secs() + u64::from(wait.subsec_nanos() > 0)),
+            )],
+            _ => Vec::new(),
+        };
+        let id = ctx.request_id.as_ref();
         if let Err(write_err) =
-            respond::json(session, status, rendered.body(), ctx.request_id.as_ref()).await
+            respond::json_with(session, status, rendered.body(), id, &extra).await
         {
             log::debug!("could not send error response: {write_err}");
         } else if rendered.kind == ErrorKind::BodyTooLarge {
@@ -823,6 +898,7 @@ impl ProxyHttp for Gateway {
             return;
         }
         crate::downstream::request_done();
+        Self::count_client(ctx);
         // No response at all: the client went away first (nginx's 499).
         let status = session
             .response_written()

@@ -22,6 +22,17 @@ pub async fn json(
     full(session, status, "application/json", body, request_id).await
 }
 
+/// Write a complete JSON response with these extra headers (`Retry-After`, ...).
+pub async fn json_with(
+    session: &mut Session,
+    status: u16,
+    body: Bytes,
+    request_id: Option<&HeaderValue>,
+    extra: &[(&'static str, HeaderValue)],
+) -> Result<()> {
+    write(session, status, "application/json", body, request_id, extra).await
+}
+
 /// Write a complete response of this content type, with the request's id.
 pub async fn full(
     session: &mut Session,
@@ -30,9 +41,23 @@ pub async fn full(
     body: Bytes,
     request_id: Option<&HeaderValue>,
 ) -> Result<()> {
-    let mut h = ResponseHeader::build(status, Some(4))?;
+    write(session, status, content_type, body, request_id, &[]).await
+}
+
+async fn write(
+    session: &mut Session,
+    status: u16,
+    content_type: &'static str,
+    body: Bytes,
+    request_id: Option<&HeaderValue>,
+    extra: &[(&'static str, HeaderValue)],
+) -> Result<()> {
+    let mut h = ResponseHeader::build(status, Some(4 + extra.len()))?;
     if let Some(id) = request_id {
         h.insert_header(request_id::HEADER, id.clone())?;
+    }
+    for (name, value) in extra {
+        h.insert_header(*name, value.clone())?;
     }
     h.insert_header(http::header::CONTENT_TYPE, content_type)?;
     h.set_content_length(body.len())?;
