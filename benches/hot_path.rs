@@ -143,11 +143,38 @@ fn bench_observability(c: &mut Criterion) {
     });
 }
 
+/// What access control adds to a request: find the key among 100 (SHA-256 and a lookup),
+/// check its glob allowlist and take a token from its rate limit.
+fn bench_auth(c: &mut Criterion) {
+    use ai_proxy::auth::{Auth, AuthConfig};
+    let mut yaml = String::from("keys:\n");
+    for i in 0..100 {
+        yaml.push_str(&format!(
+            "  - key: sk-client-key-{i:04}-5e2b7c9d10a3\n    models: [\"team-{i}-*\", \"gpt-4o-mini\"]\n    requests_per_minute: 1000000000\n"
+        ));
+    }
+    let config: AuthConfig = serde_yaml::from_str(&yaml).expect("auth yaml");
+    let auth = Auth::from_config(config, &[("UNUSED", "")]).expect("auth config");
+    let mut headers = http::HeaderMap::new();
+    headers.insert(
+        http::header::AUTHORIZATION,
+        "Bearer sk-client-key-0042-5e2b7c9d10a3".parse().unwrap(),
+    );
+    c.bench_function("auth_client_check", |b| {
+        b.iter(|| {
+            let client = auth.client(black_box(&headers)).unwrap().unwrap();
+            client.admit().unwrap();
+            client.allows(black_box("team-42-llama-3-8b"))
+        })
+    });
+}
+
 criterion_group!(
     benches,
     bench_peek,
     bench_select,
     bench_rewrite,
-    bench_observability
+    bench_observability,
+    bench_auth
 );
 criterion_main!(benches);

@@ -8,12 +8,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::{self, SendRequest};
-use hyper::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, HOST};
+use hyper::header::{ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HOST};
 use hyper::Request;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use crate::systems::MODEL;
+use crate::systems::{CLIENT_KEY_HEADER, MODEL};
 
 pub type ReqBody = Full<Bytes>;
 pub type Sender = SendRequest<ReqBody>;
@@ -122,8 +122,11 @@ pub struct Pace {
 /// `POST /v1/chat/completions` with `body`; built once per point and cloned per request
 /// (a clone shares the body bytes; only the small header map is copied).
 pub fn chat_request(body: Bytes, pace: Option<Pace>) -> Request<ReqBody> {
+    // Every system gets the client key, as OpenAI SDKs always send one; only
+    // `ai-proxy-auth` checks it.
     let mut b = Request::post("/v1/chat/completions")
         .header(HOST, "localhost")
+        .header(AUTHORIZATION, CLIENT_KEY_HEADER)
         .header(CONTENT_TYPE, "application/json")
         .header(CONTENT_LENGTH, body.len());
     if let Some(p) = pace {

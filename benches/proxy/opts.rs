@@ -7,11 +7,17 @@
 use std::time::Duration;
 
 /// The systems the bench knows, in their default order.
-pub const ALL_SYSTEMS: [&str; 4] = ["direct", "ai-proxy", "nginx", "ai-proxy-bare"];
+pub const ALL_SYSTEMS: [&str; 5] = [
+    "direct",
+    "ai-proxy",
+    "nginx",
+    "ai-proxy-bare",
+    "ai-proxy-auth",
+];
 
-/// Run only when asked for by name: the gateway with metrics and access log off, to measure
-/// what they cost beside the default `ai-proxy`.
-const OPT_IN: &str = "ai-proxy-bare";
+/// Run only when asked for by name, to measure a feature's cost beside the default
+/// `ai-proxy`: the gateway with metrics and access log off, and with client keys.
+const OPT_IN: [&str; 2] = ["ai-proxy-bare", "ai-proxy-auth"];
 
 pub const USAGE: &str = "\
 usage: cargo bench --bench proxy [-- OPTIONS]
@@ -20,8 +26,9 @@ usage: cargo bench --bench proxy [-- OPTIONS]
   --streams N[,M..]  concurrent stream counts to run (default 1000,10000)
   --stream-window N  streams connecting / awaiting their head at once (default: 3/4 of the
                      mock's listen backlog)
-  --systems A[,B..]  subset of direct,ai-proxy,nginx,ai-proxy-bare (default: the first three;
-                     nginx only if on PATH; ai-proxy-bare = metrics and access log off)
+  --systems A[,B..]  subset of direct,ai-proxy,nginx,ai-proxy-bare,ai-proxy-auth (default: the
+                     first three; nginx only if on PATH; ai-proxy-bare = metrics and access log
+                     off; ai-proxy-auth = 100 client keys, an allowlist and a rate limit checked)
   --rounds N         run the latency and throughput points N times, the systems interleaved,
                      and report each value's median (default 1): for ratios within a few %
   --baseline PATH    also run the gateway binary at PATH (say, a release build of an earlier
@@ -150,7 +157,7 @@ impl Opts {
     pub fn wants(&self, name: &str) -> bool {
         self.systems
             .as_ref()
-            .map_or(name != OPT_IN, |s| s.iter().any(|n| n == name))
+            .map_or(!OPT_IN.contains(&name), |s| s.iter().any(|n| n == name))
     }
 }
 

@@ -76,6 +76,10 @@ fn describe(name: &str, cx: &Context) -> String {
             "ai-proxy = → gateway ({} threads; metrics on, access log to stdout) → mock",
             cx.machine.cores
         ),
+        "ai-proxy-auth" => format!(
+            "ai-proxy-auth = → gateway ({} threads; as ai-proxy, plus 100 client keys: key, allowlist and rate limit checked) → mock",
+            cx.machine.cores
+        ),
         "baseline" => {
             "baseline = → the `--baseline` gateway binary, ai-proxy's config → mock".to_string()
         }
