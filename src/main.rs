@@ -152,12 +152,13 @@ fn summary(c: &Config) -> String {
         .map(|e| format!("{} ({} {})", e.name, e.kind.as_str(), e.url))
         .collect();
     format!(
-        "listen {}, {from}: {}; timeout {} s, discovery every {} s, max body {} bytes, {} threads",
+        "listen {}, {from}: {}; timeout {} s, discovery every {} s, max body {} bytes, {} threads; {}",
         c.listen,
         endpoints.join(", "),
         c.timeout.as_secs(),
         c.discovery_interval.as_secs(),
         c.max_body_bytes,
-        c.threads
+        c.threads,
+        c.auth.summary()
     )
 }

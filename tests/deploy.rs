@@ -19,7 +19,11 @@ fn read(path: &str) -> String {
 }
 
 /// Keys that example configs read with `api_key_env`, as a deployment would set them.
-const EXAMPLE_ENV: &[(&str, &str)] = &[("OPENAI_API_KEY", "sk-example-placeholder")];
+const EXAMPLE_ENV: &[(&str, &str)] = &[
+    ("OPENAI_API_KEY", "sk-example-placeholder"),
+    ("TEAM_A_KEY", "sk-example-client"),
+    ("AI_PROXY_ADMIN_KEY", "sk-example-admin"),
+];
 
 fn check_config(path: &Path) {
     let out = run_gateway_cmd(&["--check-config", path.to_str().unwrap()], EXAMPLE_ENV);

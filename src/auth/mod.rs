@@ -232,6 +232,20 @@ impl Auth {
         Ok(())
     }
 
+    /// One line for the start-up log and `--check-config`: how many keys, never which.
+    pub fn summary(&self) -> String {
+        if self.clients.is_empty() && self.admin.is_none() {
+            return "auth: open (no client keys)".into();
+        }
+        let limited = self.clients.values().filter(|c| c.limit.is_some()).count();
+        let restricted = self.clients.values().filter(|c| c.models.is_some()).count();
+        format!(
+            "auth: {} client key(s) ({restricted} with a model allowlist, {limited} rate-limited), {}",
+            self.clients.len(),
+            if self.admin.is_some() { "an admin key" } else { "no admin key" }
+        )
+    }
+
     /// Requests need a client key.
     pub fn requires_client_key(&self) -> bool {
         !self.clients.is_empty()
