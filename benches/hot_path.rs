@@ -162,7 +162,8 @@ fn bench_auth(c: &mut Criterion) {
     );
     c.bench_function("auth_client_check", |b| {
         b.iter(|| {
-            let client = auth.client(black_box(&headers)).unwrap().unwrap();
+            let at = auth.client(black_box(&headers)).unwrap().unwrap();
+            let client = auth.key(at).unwrap();
             client.admit().unwrap();
             client.allows(black_box("team-42-llama-3-8b"))
         })

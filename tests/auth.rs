@@ -172,8 +172,8 @@ async fn keys_allowlists_and_admin_routes_and_no_key_ever_shown() {
     let metrics = seen.keep(get_with(&gw, "/metrics", &[("authorization", &admin)]).await);
     let text = metrics.text();
     for line in [
-        "ai_proxy_client_requests_total{key=\"-\",result=\"invalid_key\"} 8",
-        "ai_proxy_client_requests_total{key=\"team-a\",result=\"model_not_allowed\"} 3",
+        "ai_proxy_client_refusals_total{key=\"-\",reason=\"invalid_key\"} 8",
+        "ai_proxy_client_refusals_total{key=\"team-a\",reason=\"model_not_allowed\"} 3",
     ] {
         assert!(text.contains(line), "no {line:?} in\n{text}");
     }
@@ -266,7 +266,7 @@ async fn a_burst_over_the_rate_limit_gets_429_with_retry_after_then_serves_again
     let limited = text
         .lines()
         .find(|l| {
-            l.starts_with("ai_proxy_client_requests_total{key=\"team-c\",result=\"rate_limited\"}")
+            l.starts_with("ai_proxy_client_refusals_total{key=\"team-c\",reason=\"rate_limited\"}")
         })
         .and_then(|l| l.rsplit(' ').next()?.parse::<usize>().ok());
     assert_eq!(limited, Some(100 - ok));

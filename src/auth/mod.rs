@@ -12,7 +12,7 @@ mod rate_limit;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderMap;
@@ -69,8 +69,6 @@ pub struct ClientKey {
     /// `None`: every model.
     models: Option<ModelAllowlist>,
     limit: Option<Arc<RateLimit>>,
-    /// `ai_proxy_client_requests_total` of this key, looked up once.
-    counters: OnceLock<Option<crate::metrics::ClientCounters>>,
 }
 
 impl ClientKey {
@@ -95,23 +93,12 @@ impl ClientKey {
         self.limit.as_ref().map_or(Ok(()), |l| l.admit())
     }
 
-    /// Count a request's outcome in the key's metrics.
-    pub fn count(&self, outcome: Outcome) {
-        let counters = self
-            .counters
-            .get_or_init(|| crate::metrics::get().map(|m| m.client_counters(&self.name)));
-        if let Some(c) = counters {
-            c.count(outcome);
+    /// Count a refusal of this key's request (`rate_limited`, `model_not_allowed`).
+    pub fn count_refusal(&self, reason: &str) {
+        if let Some(m) = crate::metrics::get() {
+            m.client_refused(&self.name, reason);
         }
     }
-}
-
-/// What happened to a request, for `ai_proxy_client_requests_total{result}`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    Allowed,
-    RateLimited,
-    ModelNotAllowed,
 }
 
 /// Why a request is refused.
@@ -142,7 +129,9 @@ impl Denied {
 /// The gateway's access control, as configured. `Auth::default()` is open.
 #[derive(Debug, Default)]
 pub struct Auth {
-    clients: HashMap<Digest, Arc<ClientKey>>,
+    /// The client keys, found by digest; a request's context keeps a key's position.
+    clients: Vec<ClientKey>,
+    by_digest: HashMap<Digest, usize>,
     admin: Option<Digest>,
     pub hide_unlisted_models: bool,
 }
@@ -214,21 +203,19 @@ impl Auth {
         models: Option<ModelAllowlist>,
         limit: Option<Arc<RateLimit>>,
     ) -> Result<(), String> {
-        if let Some(other) = self.clients.values().find(|c| c.name == name) {
+        if let Some(other) = self.clients.iter().find(|c| c.name == name) {
             return Err(format!("{field}: the name {:?} is used twice", other.name));
         }
-        let client = ClientKey {
+        let at = self.clients.len();
+        if let Some(other) = self.by_digest.insert(digest(key.as_bytes()), at) {
+            let other = &self.clients[other].name;
+            return Err(format!("{field}: the same key as {other:?}"));
+        }
+        self.clients.push(ClientKey {
             name,
             models,
             limit,
-            counters: OnceLock::new(),
-        };
-        if let Some(other) = self
-            .clients
-            .insert(digest(key.as_bytes()), Arc::new(client))
-        {
-            return Err(format!("{field}: the same key as {:?}", other.name));
-        }
+        });
         Ok(())
     }
 
@@ -237,8 +224,8 @@ impl Auth {
         if self.clients.is_empty() && self.admin.is_none() {
             return "auth: open (no client keys)".into();
         }
-        let limited = self.clients.values().filter(|c| c.limit.is_some()).count();
-        let restricted = self.clients.values().filter(|c| c.models.is_some()).count();
+        let limited = self.clients.iter().filter(|c| c.limit.is_some()).count();
+        let restricted = self.clients.iter().filter(|c| c.models.is_some()).count();
         format!(
             "auth: {} client key(s) ({restricted} with a model allowlist, {limited} rate-limited), {}",
             self.clients.len(),
@@ -246,21 +233,26 @@ impl Auth {
         )
     }
 
+    /// The client key at `at` (from [`Auth::client`] on this same `Auth`).
+    pub fn key(&self, at: usize) -> Option<&ClientKey> {
+        self.clients.get(at)
+    }
+
     /// Requests need a client key.
     pub fn requires_client_key(&self) -> bool {
         !self.clients.is_empty()
     }
 
-    /// The key of a request: `None` when the gateway is open.
-    pub fn client(&self, headers: &HeaderMap) -> Result<Option<&Arc<ClientKey>>, Denied> {
+    /// The position of a request's key (see [`Auth::key`]): `None` when the gateway is open.
+    pub fn client(&self, headers: &HeaderMap) -> Result<Option<usize>, Denied> {
         if self.clients.is_empty() {
             return Ok(None);
         }
         let mut presented = false;
         for key in presented_keys(headers) {
             presented = true;
-            if let Some(c) = self.clients.get(&digest(key)) {
-                return Ok(Some(c));
+            if let Some(&at) = self.by_digest.get(&digest(key)) {
+                return Ok(Some(at));
             }
         }
         Err(if presented {
@@ -293,14 +285,12 @@ impl Auth {
     /// Keep the rate-limit state of every key that `running` knows with the same limit, so
     /// that a reload neither refills nor empties a bucket.
     pub fn keep_limits_of(&mut self, running: &Auth) {
-        for (digest, client) in self.clients.iter_mut() {
-            let kept = running
-                .clients
-                .get(digest)
-                .and_then(|old| old.limit.clone());
-            let (Some(kept), Some(c)) = (kept, Arc::get_mut(client)) else {
+        for (digest, &at) in &self.by_digest {
+            let old = running.by_digest.get(digest).map(|&i| &running.clients[i]);
+            let Some(kept) = old.and_then(|old| old.limit.clone()) else {
                 continue;
             };
+            let c = &mut self.clients[at];
             if c.limit.as_ref().map(|l| l.requests_per_minute) == Some(kept.requests_per_minute) {
                 c.limit = Some(kept);
             }
@@ -361,6 +351,14 @@ mod tests {
         Auth::from_config(serde_yaml::from_str(yaml).unwrap(), &ENV)
     }
 
+    /// The key a request presents, by reference.
+    fn key_of<'a>(a: &'a Auth, h: &HeaderMap) -> Result<&'a ClientKey, Denied> {
+        a.client(h).map(|at| {
+            a.key(at.expect("keys configured"))
+                .expect("a known position")
+        })
+    }
+
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
@@ -374,8 +372,7 @@ mod tests {
     #[test]
     fn keys_by_bearer_or_x_api_key() {
         let a = auth(TWO).unwrap();
-        let name =
-            |h: &[(&'static str, &str)]| a.client(&headers(h)).map(|c| c.unwrap().name.clone());
+        let name = |h: &[(&'static str, &str)]| key_of(&a, &headers(h)).map(|c| c.name.clone());
         assert_eq!(
             name(&[("authorization", "Bearer sk-team-a")]).unwrap(),
             "team-a"
@@ -412,10 +409,7 @@ mod tests {
     #[test]
     fn allowlists_and_admin() {
         let a = auth(TWO).unwrap();
-        let team_a = a
-            .client(&headers(&[("x-api-key", "sk-team-a")]))
-            .unwrap()
-            .unwrap();
+        let team_a = key_of(&a, &headers(&[("x-api-key", "sk-team-a")])).unwrap();
         assert!(team_a.allows("llama-3-8b"));
         assert!(!team_a.allows("gpt-4o"));
         assert!(!team_a.allows_any_model());
@@ -478,7 +472,7 @@ mod tests {
     fn env_keys() {
         let a =
             Auth::from_env(&[("AI_PROXY_KEYS", "k1, k2,"), ("AI_PROXY_ADMIN_KEY", "adm")]).unwrap();
-        let c = a.client(&headers(&[("x-api-key", "k2")])).unwrap().unwrap();
+        let c = key_of(&a, &headers(&[("x-api-key", "k2")])).unwrap();
         assert_eq!(c.name, "key-2");
         assert!(c.allows_any_model());
         assert!(a.admin(&headers(&[("x-api-key", "adm")])).is_ok());
@@ -490,14 +484,14 @@ mod tests {
         let yaml = "keys:\n  - key: k1\n    requests_per_minute: 1\n  - key: k2\n    requests_per_minute: 1\n";
         let running = auth(yaml).unwrap();
         let h1 = headers(&[("x-api-key", "k1")]);
-        assert!(running.client(&h1).unwrap().unwrap().admit().is_ok());
+        assert!(key_of(&running, &h1).unwrap().admit().is_ok());
         let mut reloaded = auth("keys:\n  - key: k1\n    requests_per_minute: 1\n  - key: k2\n    requests_per_minute: 5\n").unwrap();
         reloaded.keep_limits_of(&running);
         assert!(
-            reloaded.client(&h1).unwrap().unwrap().admit().is_err(),
+            key_of(&reloaded, &h1).unwrap().admit().is_err(),
             "k1's bucket is kept"
         );
         let h2 = headers(&[("x-api-key", "k2")]);
-        assert!(reloaded.client(&h2).unwrap().unwrap().admit().is_ok());
+        assert!(key_of(&reloaded, &h2).unwrap().admit().is_ok());
     }
 }

@@ -41,7 +41,7 @@ pub struct Metrics {
     pub upstream_failures: IntCounterVec,
     pub discovery_runs: IntCounterVec,
     pub config_reloads: IntCounterVec,
-    client_requests: IntCounterVec,
+    client_refusals: IntCounterVec,
     tokens: IntCounterVec,
     inflight: IntGaugeVec,
     healthy: IntGaugeVec,
@@ -110,10 +110,10 @@ impl Metrics {
                 "Discovery polls (the active health probes), by endpoint and result (ok, failed).",
                 &["endpoint", "result"],
             ),
-            client_requests: counter(
-                "ai_proxy_client_requests_total",
-                "Requests by client key name (\"-\" for a missing or unknown key) and result (allowed, invalid_key, rate_limited, model_not_allowed).",
-                &["key", "result"],
+            client_refusals: counter(
+                "ai_proxy_client_refusals_total",
+                "Requests refused by access control, by client key name (\"-\" for a missing or unknown key) and reason (invalid_key, rate_limited, model_not_allowed).",
+                &["key", "reason"],
             ),
             config_reloads: counter(
                 "ai_proxy_config_reloads_total",
@@ -149,21 +149,9 @@ impl Metrics {
         self.upstream_attempts.with_label_values(&[endpoint])
     }
 
-    /// The counters of a client key, by result.
-    pub fn client_counters(&self, key: &str) -> ClientCounters {
-        let c = |result: &str| self.client_requests.with_label_values(&[key, result]);
-        ClientCounters {
-            allowed: c("allowed"),
-            rate_limited: c("rate_limited"),
-            model_not_allowed: c("model_not_allowed"),
-        }
-    }
-
-    /// Count a request refused for a missing or unknown key.
-    pub fn invalid_key(&self) {
-        self.client_requests
-            .with_label_values(&["-", "invalid_key"])
-            .inc();
+    /// Count a refused request of client key `key` ("-": missing or unknown) for `reason`.
+    pub fn client_refused(&self, key: &str, reason: &str) {
+        self.client_refusals.with_label_values(&[key, reason]).inc();
     }
 
     /// The counters of requests routed to `model` and served by `endpoint`.
@@ -211,26 +199,6 @@ impl Metrics {
             h.render(&mut out);
         }
         Bytes::from(out)
-    }
-}
-
-/// `ai_proxy_client_requests_total` of one client key, looked up once.
-#[derive(Debug)]
-pub struct ClientCounters {
-    allowed: IntCounter,
-    rate_limited: IntCounter,
-    model_not_allowed: IntCounter,
-}
-
-impl ClientCounters {
-    pub fn count(&self, outcome: crate::auth::Outcome) {
-        use crate::auth::Outcome;
-        match outcome {
-            Outcome::Allowed => &self.allowed,
-            Outcome::RateLimited => &self.rate_limited,
-            Outcome::ModelNotAllowed => &self.model_not_allowed,
-        }
-        .inc();
     }
 }
 

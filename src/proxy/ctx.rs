@@ -11,7 +11,7 @@ use pingora::proxy::Session;
 use super::{fallback, large_body, watchdog};
 use crate::auth::ClientKey;
 use crate::endpoint::{Endpoint, InFlight};
-use crate::routes::Pool;
+use crate::routes::{Pool, Routes};
 use crate::shutdown::ActiveRequest;
 use crate::upstream::Upstream;
 use crate::usage::{self, strip::StripUsageChunk};
@@ -78,15 +78,21 @@ pub struct RequestCtx {
     pub(super) strip_usage: Option<StripUsageChunk>,
     /// The answer's token usage.
     pub(super) tokens: Option<usage::Tokens>,
-    /// The client key the request came with (when the gateway has keys).
-    pub(super) client: Option<Arc<ClientKey>>,
-    /// The request was refused: its key may not use its model.
-    pub(super) model_refused: bool,
+    /// The routing snapshot the request started with (from `request_filter` on).
+    pub(super) routes: Option<Arc<Routes>>,
+    /// The position of the request's client key in that snapshot's `Auth` (when the gateway
+    /// has keys): no reference count to bump per request.
+    pub(super) client: Option<usize>,
     /// A refusal's `Retry-After` (the key's rate limit).
     pub(super) retry_after: Option<Duration>,
 }
 
 impl RequestCtx {
+    /// The request's client key, if it came with one.
+    pub(super) fn client_key(&self) -> Option<&ClientKey> {
+        self.routes.as_ref()?.settings.auth.key(self.client?)
+    }
+
     pub(super) fn model(&self) -> Option<&str> {
         match self.target.as_ref()? {
             Target::Model { model, .. } => Some(model),

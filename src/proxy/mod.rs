@@ -29,7 +29,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
-use crate::auth::{self, Auth};
+use crate::auth::Auth;
 use crate::balance::affinity_key;
 use crate::config::Config;
 use crate::error::{ErrorKind, Rendered};
@@ -243,6 +243,100 @@ impl Gateway {
 }
 
 impl Gateway {
+    /// `request_filter` of a client's request, with the routing snapshot it started with.
+    async fn filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        routes: &Routes,
+    ) -> Result<bool> {
+        let req = session.req_header();
+        ctx.request_id = Some(request_id::for_request(req.headers.get(request_id::HEADER)));
+        let head_bytes = head_size(req);
+        let settings = &routes.settings;
+        if head_bytes > settings.max_header_bytes {
+            return Err(ErrorKind::HeaderTooLarge.err(format!(
+                "the request head is {head_bytes} bytes, over the limit of {}",
+                settings.max_header_bytes
+            )));
+        }
+        self.authorize(&settings.auth, req, ctx)?;
+        let scrape = req.uri.path() == "/metrics"
+            && (req.method == http::Method::GET || req.method == http::Method::HEAD);
+        if let Some(m) = crate::metrics::get().filter(|_| scrape) {
+            let text = m.render(routes);
+            let id = ctx.request_id.as_ref();
+            respond::full(session, 200, respond::PROMETHEUS_TEXT, text, id).await?;
+            return Ok(true);
+        }
+        let draining = self.lifecycle.is_draining();
+        let client = ctx.client.and_then(|at| settings.auth.key(at));
+        if let Some(answer) = local::answer(&req.method, req.uri.path(), routes, draining, client) {
+            return match answer {
+                local::LocalAnswer::Json(status, body) => {
+                    respond::json(session, status, body, ctx.request_id.as_ref()).await?;
+                    Ok(true)
+                }
+                local::LocalAnswer::Error(kind, msg) => Err(kind.err(msg)),
+                local::LocalAnswer::Refused(e) => {
+                    client.inspect(|c| c.count_refusal("model_not_allowed"));
+                    Err(e)
+                }
+            };
+        }
+        let original = body::read(session, settings.max_body_bytes, settings.body_deadline).await?;
+        let Routed {
+            target,
+            force_usage,
+            affinity,
+        } = self.target(session, routes, &original)?;
+        if let Some(client) = client {
+            let model = match &target {
+                Target::Model { model, .. } => Some(model.as_str()),
+                Target::Default(_) => None,
+            };
+            let allowed = model.map_or(client.allows_any_model(), |m| client.allows(m));
+            if !allowed {
+                client.count_refusal("model_not_allowed");
+                return Err(local::refused_model(
+                    model,
+                    settings.auth.hide_unlisted_models,
+                ));
+            }
+        }
+        ctx.affinity = affinity;
+        if force_usage {
+            ctx.body_override = with_include_usage(&original);
+            ctx.usage_forced = ctx.body_override.is_some();
+        }
+        if let Target::Model { model, pool } = &target {
+            // Most configs have no fallbacks: skip hashing the model for nothing.
+            let fallbacks = (!settings.fallbacks.is_empty())
+                .then(|| settings.fallbacks.get(model))
+                .flatten();
+            if let Some(models) = fallbacks {
+                let body = ctx
+                    .body_override
+                    .clone()
+                    .unwrap_or_else(|| original.clone());
+                let allows = |m: &str| client.is_none_or(|c| c.allows(m));
+                ctx.fallbacks = fallback::FallbackChain::new(body, models, routes, allows);
+            }
+            let in_service = pool.has_candidate(&[]);
+            ctx.target = Some(target);
+            if !in_service {
+                ctx.switch_to_fallback();
+            }
+        } else {
+            ctx.target = Some(target);
+        }
+        if session.retry_buffer_truncated() {
+            ctx.via_subrequest = true;
+            return self.forward_large_body(session, ctx, original).await;
+        }
+        Ok(false)
+    }
+
     /// Access control, before the body is read: `/health` and `/ready` are open, the admin
     /// routes (`/metrics`, `/v1/endpoints`) need the admin key, every other route a client
     /// key (when the gateway has keys) within its rate limit. The model check comes once the
@@ -256,16 +350,17 @@ impl Gateway {
         let checked = if admin {
             auth.admin(&req.headers)
         } else {
-            auth.client(&req.headers).map(|c| ctx.client = c.cloned())
+            auth.client(&req.headers).map(|c| ctx.client = c)
         };
         if let Err(denied) = checked {
             if let Some(m) = crate::metrics::get() {
-                m.invalid_key();
+                m.client_refused("-", "invalid_key");
             }
             return Err(ErrorKind::InvalidApiKey.err(denied.message(admin)));
         }
-        if let Some(client) = &ctx.client {
+        if let Some(client) = ctx.client.and_then(|at| auth.key(at)) {
             if let Err(wait) = client.admit() {
+                client.count_refusal("rate_limited");
                 ctx.retry_after = Some(wait);
                 return Err(ErrorKind::RateLimited.err(format!(
                     "Rate limit reached for this API key: {} requests per minute. Retry in {:.1} s.",
@@ -275,19 +370,6 @@ impl Gateway {
             }
         }
         Ok(())
-    }
-
-    /// What access control made of a request, in its key's metrics.
-    fn count_client(ctx: &RequestCtx) {
-        if let Some(client) = &ctx.client {
-            client.count(if ctx.retry_after.is_some() {
-                auth::Outcome::RateLimited
-            } else if ctx.model_refused {
-                auth::Outcome::ModelNotAllowed
-            } else {
-                auth::Outcome::Allowed
-            });
-        }
     }
 
     fn access_log(
@@ -313,7 +395,7 @@ impl Gateway {
                 .unwrap_or(""),
             method: req.method.as_str(),
             path: req.uri.path(),
-            key: ctx.client.as_ref().map(|c| c.name.as_str()),
+            key: ctx.client_key().map(|c| c.name.as_str()),
             model: ctx.model(),
             endpoint: ctx.current.as_ref().map(|u| u.endpoint.name.as_str()),
             status,
@@ -405,94 +487,11 @@ impl ProxyHttp for Gateway {
             }
             return Ok(false);
         }
+        // The snapshot stays with the request: its client key is found in it by position.
         let routes = self.routes.load_full();
-        let req = session.req_header();
-        ctx.request_id = Some(request_id::for_request(req.headers.get(request_id::HEADER)));
-        let head_bytes = head_size(req);
-        let settings = &routes.settings;
-        if head_bytes > settings.max_header_bytes {
-            return Err(ErrorKind::HeaderTooLarge.err(format!(
-                "the request head is {head_bytes} bytes, over the limit of {}",
-                settings.max_header_bytes
-            )));
-        }
-        self.authorize(&settings.auth, req, ctx)?;
-        let scrape = req.uri.path() == "/metrics"
-            && (req.method == http::Method::GET || req.method == http::Method::HEAD);
-        if let Some(m) = crate::metrics::get().filter(|_| scrape) {
-            let text = m.render(&routes);
-            let id = ctx.request_id.as_ref();
-            respond::full(session, 200, respond::PROMETHEUS_TEXT, text, id).await?;
-            return Ok(true);
-        }
-        let draining = self.lifecycle.is_draining();
-        let client = ctx.client.as_deref();
-        if let Some(answer) = local::answer(&req.method, req.uri.path(), &routes, draining, client)
-        {
-            return match answer {
-                local::LocalAnswer::Json(status, body) => {
-                    respond::json(session, status, body, ctx.request_id.as_ref()).await?;
-                    Ok(true)
-                }
-                local::LocalAnswer::Error(kind, msg) => Err(kind.err(msg)),
-                local::LocalAnswer::Refused(e) => {
-                    ctx.model_refused = true;
-                    Err(e)
-                }
-            };
-        }
-        let original = body::read(session, settings.max_body_bytes, settings.body_deadline).await?;
-        let Routed {
-            target,
-            force_usage,
-            affinity,
-        } = self.target(session, &routes, &original)?;
-        if let Some(client) = &ctx.client {
-            let model = match &target {
-                Target::Model { model, .. } => Some(model.as_str()),
-                Target::Default(_) => None,
-            };
-            let allowed = model.map_or(client.allows_any_model(), |m| client.allows(m));
-            if !allowed {
-                ctx.model_refused = true;
-                return Err(local::refused_model(
-                    model,
-                    settings.auth.hide_unlisted_models,
-                ));
-            }
-        }
-        ctx.affinity = affinity;
-        if force_usage {
-            ctx.body_override = with_include_usage(&original);
-            ctx.usage_forced = ctx.body_override.is_some();
-        }
-        if let Target::Model { model, pool } = &target {
-            // Most configs have no fallbacks: skip hashing the model for nothing.
-            let fallbacks = (!settings.fallbacks.is_empty())
-                .then(|| settings.fallbacks.get(model))
-                .flatten();
-            if let Some(models) = fallbacks {
-                let body = ctx
-                    .body_override
-                    .clone()
-                    .unwrap_or_else(|| original.clone());
-                let client = ctx.client.as_deref();
-                let allows = |m: &str| client.is_none_or(|c| c.allows(m));
-                ctx.fallbacks = fallback::FallbackChain::new(body, models, &routes, allows);
-            }
-            let in_service = pool.has_candidate(&[]);
-            ctx.target = Some(target);
-            if !in_service {
-                ctx.switch_to_fallback();
-            }
-        } else {
-            ctx.target = Some(target);
-        }
-        if session.retry_buffer_truncated() {
-            ctx.via_subrequest = true;
-            return self.forward_large_body(session, ctx, original).await;
-        }
-        Ok(false)
+        let handled = self.filter(session, ctx, &routes).await;
+        ctx.routes = Some(routes);
+        handled
     }
 
     async fn upstream_peer(
@@ -898,7 +897,6 @@ impl ProxyHttp for Gateway {
             return;
         }
         crate::downstream::request_done();
-        Self::count_client(ctx);
         // No response at all: the client went away first (nginx's 499).
         let status = session
             .response_written()
