@@ -1,7 +1,7 @@
 //! YAML and legacy-env configuration, validated into one `Config`; the one seam to Pingora's
 //! `ServerConf`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,7 +14,7 @@ use serde::Deserialize;
 use crate::access_log;
 use crate::auth::{Auth, AuthConfig};
 use crate::balance::{AffinityOptions, Balancing, KeySource, PolicyName};
-use crate::endpoint::{redact_userinfo, ApiKey, Endpoint, EndpointKind, Timeouts};
+use crate::endpoint::{redact_userinfo, ApiKey, DeclaredModel, Endpoint, EndpointKind, Timeouts};
 use crate::health::HealthPolicy;
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8000";
@@ -64,6 +64,7 @@ struct FileConfig {
     max_connections: Option<usize>,
     health: Option<HealthConfig>,
     fallbacks: Option<HashMap<String, Vec<String>>>,
+    aliases: Option<HashMap<String, String>>,
     balancing: Option<BalancingConfig>,
     auth: Option<AuthConfig>,
     endpoints: Option<Vec<EndpointConfig>>,
@@ -108,6 +109,17 @@ struct EndpointConfig {
     ca_file: Option<PathBuf>,
     timeouts: Option<TimeoutsConfig>,
     weight: Option<u32>,
+    models: Option<Vec<DeclaredModelConfig>>,
+    discover: Option<bool>,
+}
+
+/// One entry of an endpoint's `models:`: an upstream id, or `{id, name}` to serve it under a
+/// public name.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum DeclaredModelConfig {
+    Id(String),
+    Named { id: String, name: Option<String> },
 }
 
 /// An endpoint's `timeouts:`, each overriding the top-level default.
@@ -180,6 +192,8 @@ pub struct Config {
     pub probe_timeout: Duration,
     /// Models to try, in order, when every endpoint of a model failed before answering.
     pub fallbacks: HashMap<String, Vec<String>>,
+    /// Other names of public model names (`aliases:`): alias -> model.
+    pub aliases: BTreeMap<String, String>,
     /// The balancing policy of each model.
     pub balancing: Balancing,
     /// Client keys and the admin key (`auth:`, else `AI_PROXY_KEYS`); open by default.
@@ -414,6 +428,7 @@ impl Config {
             health,
             probe_timeout,
             fallbacks: fallbacks(file.fallbacks.unwrap_or_default())?,
+            aliases: aliases(file.aliases.unwrap_or_default())?,
             balancing: balancing(file.balancing.unwrap_or_default())?,
             auth: Arc::new(match file.auth {
                 Some(section) => Auth::from_config(section, env)?,
@@ -598,6 +613,64 @@ fn fallbacks(map: HashMap<String, Vec<String>>) -> Result<HashMap<String, Vec<St
     Ok(out)
 }
 
+/// `aliases:`: names that stand for another public model name.
+fn aliases(map: HashMap<String, String>) -> Result<BTreeMap<String, String>, String> {
+    let mut out = BTreeMap::new();
+    for (alias, model) in map {
+        if alias.trim().is_empty() || model.trim().is_empty() {
+            return Err("aliases: a name is empty".into());
+        }
+        if alias == model {
+            return Err(format!("aliases.{alias:?}: a name cannot be its own alias"));
+        }
+        out.insert(alias, model);
+    }
+    for (alias, model) in &out {
+        if out.contains_key(model) {
+            return Err(format!(
+                "aliases.{alias:?}: {model:?} is itself an alias; name a model"
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// An endpoint's `models:` and `discover:`.
+fn declared_models(
+    list: Option<Vec<DeclaredModelConfig>>,
+    discover: Option<bool>,
+    field: &dyn Fn(&str) -> String,
+) -> Result<(Vec<DeclaredModel>, bool), String> {
+    let discover = discover.unwrap_or(true);
+    let mut out: Vec<DeclaredModel> = Vec::new();
+    for (j, entry) in list.unwrap_or_default().into_iter().enumerate() {
+        let (id, name) = match entry {
+            DeclaredModelConfig::Id(id) => (id.clone(), id),
+            DeclaredModelConfig::Named { id, name } => {
+                let name = name.unwrap_or_else(|| id.clone());
+                (id, name)
+            }
+        };
+        if id.trim().is_empty() || name.trim().is_empty() {
+            return Err(format!("{}: a model id or name is empty", field(&format!("models[{j}]"))));
+        }
+        if out.iter().any(|d| d.name == name || d.id == id) {
+            return Err(format!(
+                "{}: model {name:?} ({id:?}) is declared twice",
+                field(&format!("models[{j}]"))
+            ));
+        }
+        out.push(DeclaredModel { id, name });
+    }
+    if !discover && out.is_empty() {
+        return Err(format!(
+            "{}: an endpoint with `discover: false` needs its `models` listed",
+            field("discover")
+        ));
+    }
+    Ok((out, discover))
+}
+
 fn health_policy(h: HealthConfig) -> Result<HealthPolicy, String> {
     let d = HealthPolicy::default();
     let secs = |field: &str, v: Option<f64>, default: Duration| {
@@ -672,8 +745,10 @@ fn yaml_endpoints(
             Some(p) => Some(load_ca_file(p).map_err(|e| format!("{}: {e}", field("ca_file")))?),
             None => None,
         };
+        let (declared, discover) = declared_models(ec.models, ec.discover, &field)?;
         let ep = Endpoint::new(&ec.url, ec.kind, ec.name, key, ca)
             .map_err(|e| format!("{}: {e}", field("url")))?
+            .with_models(declared, discover)
             .with_health(health)
             .with_timeouts(endpoint_timeouts(
                 ec.timeouts,

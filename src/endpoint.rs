@@ -83,6 +83,21 @@ pub struct Endpoint {
     pub name_header: Option<HeaderValue>,
     /// Its share under the `weighted` balancing policy (1 unless configured).
     pub weight: usize,
+    /// Models served in addition to (or, without discovery, instead of) the polled list, and
+    /// public names for upstream ids (`models:`).
+    pub declared: Vec<DeclaredModel>,
+    /// Poll the endpoint's model list (`discover:`, default true). Without it the endpoint
+    /// serves its declared models and is only probed for reachability.
+    pub discover: bool,
+}
+
+/// A model an endpoint is declared to serve: its upstream id, and the public name clients use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeclaredModel {
+    /// What the upstream calls it (the `model` it is sent).
+    pub id: String,
+    /// What clients call it (`/v1/models`, the request's `model`).
+    pub name: String,
 }
 
 impl fmt::Debug for Endpoint {
@@ -243,6 +258,8 @@ impl Endpoint {
         let name = name.unwrap_or_else(|| format!("{host_for_header}:{}", parts.port));
         Ok(Endpoint {
             weight: 1,
+            declared: Vec::new(),
+            discover: true,
             name_header: HeaderValue::from_str(&name).ok(),
             name,
             kind,
@@ -264,6 +281,21 @@ impl Endpoint {
     pub fn with_weight(mut self, weight: usize) -> Self {
         self.weight = weight.max(1);
         self
+    }
+
+    /// Serve these declared models; `discover: false` stops polling the model list.
+    pub fn with_models(mut self, declared: Vec<DeclaredModel>, discover: bool) -> Self {
+        self.declared = declared;
+        self.discover = discover;
+        self
+    }
+
+    /// The public name of upstream model `id` on this endpoint: its declared name, if any.
+    pub fn public_name<'a>(&'a self, id: &'a str) -> &'a str {
+        self.declared
+            .iter()
+            .find(|d| d.id == id)
+            .map_or(id, |d| d.name.as_str())
     }
 
     /// Use these timeouts for requests to this endpoint.
@@ -296,6 +328,8 @@ impl Endpoint {
             && self.authorization == other.authorization
             && self.timeouts == other.timeouts
             && self.weight == other.weight
+            && self.declared == other.declared
+            && self.discover == other.discover
             && self.health.policy() == other.health.policy()
             && certs(&self.ca) == certs(&other.ca)
     }
@@ -353,6 +387,12 @@ impl Endpoint {
             req.set_raw_path(path.as_bytes())?;
         }
         Ok(())
+    }
+
+    /// The path probed for reachability when the endpoint is not polled for models: any HTTP
+    /// answer proves the address is up, and it costs the server nothing.
+    pub fn probe_path(&self) -> String {
+        format!("{}/health", self.base_path)
     }
 
     /// The path discovery polls for this endpoint's model list.

@@ -7,6 +7,7 @@ pub mod balance;
 pub mod config;
 pub mod discovery;
 pub mod downstream;
+pub mod deployment;
 pub mod endpoint;
 pub mod error;
 pub mod health;

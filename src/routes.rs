@@ -3,7 +3,6 @@
 //! it without locks.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -12,13 +11,14 @@ use http::HeaderValue;
 
 use crate::balance::{self, Balancing, Policy, PolicyName};
 use crate::config::RequestSettings;
+use crate::deployment::Deployment;
 use crate::endpoint::Endpoint;
-use crate::health::Status;
+use crate::health::{Health, Status};
 use crate::metrics::RouteCounters;
 use crate::openai::{List, ModelEntry};
 use crate::upstream::Upstream;
 
-/// The upstreams that serve one model, and the policy that balances them.
+/// The deployments that serve one public model name, and the policy that balances them.
 pub struct Pool {
     /// `x-ai-proxy-model` for responses from this pool (`None` if the id is no header value).
     pub model_header: Option<HeaderValue>,
@@ -26,6 +26,8 @@ pub struct Pool {
     policy: Box<dyn Policy>,
     /// Sorted by endpoint id; addresses are unique within a pool.
     members: Vec<Arc<Upstream>>,
+    /// The deployment of each member (its model health, its upstream id), in the same order.
+    deployments: Vec<Deployment>,
     /// Each member's metrics for this model (when metrics are on), in the members' order.
     counters: Vec<RouteCounters>,
 }
@@ -33,21 +35,23 @@ pub struct Pool {
 impl Pool {
     /// A pool of upstreams; ones whose address repeats an earlier member's are dropped (the
     /// balancer identifies members by address).
-    pub fn new(model: &str, mut members: Vec<Arc<Upstream>>, balancing: &Balancing) -> Pool {
+    pub fn new(model: &str, mut deployments: Vec<Deployment>, balancing: &Balancing) -> Pool {
         let policy_name = balancing.policy_for(model);
-        members.sort_by_key(|u| u.id);
+        deployments.sort_by_key(|d| d.upstream.id);
         let mut seen = std::collections::HashSet::new();
-        members.retain(|u| {
+        deployments.retain(|d| {
+            let u = &d.upstream;
             let unique = seen.insert(u.addr);
             if !unique {
                 log::warn!(
-                    "endpoint {} has the same address {} as another endpoint of the same model; using only the first",
+                    "endpoint {} has the same address {} as another endpoint of model {model}; using only the first",
                     u.endpoint.name,
                     u.addr
                 );
             }
             unique
         });
+        let members: Vec<Arc<Upstream>> = deployments.iter().map(|d| d.upstream.clone()).collect();
         let policy = balance::build(policy_name, &members, balancing);
         let counters = crate::metrics::get().map_or_else(Vec::new, |m| {
             members
@@ -60,6 +64,7 @@ impl Pool {
             policy_name,
             policy,
             members,
+            deployments,
             counters,
         }
     }
@@ -72,38 +77,37 @@ impl Pool {
 
     /// Whether this pool has exactly these members (endpoint and address) and this policy, so
     /// it can be reused with its balancing state.
-    pub fn reusable_for(&self, other: &[Arc<Upstream>], policy: PolicyName) -> bool {
+    pub fn reusable_for(&self, other: &[Deployment], policy: PolicyName) -> bool {
         self.policy_name == policy && self.same_members(other)
     }
 
-    fn same_members(&self, other: &[Arc<Upstream>]) -> bool {
-        let mut theirs: Vec<(usize, SocketAddr)> = other.iter().map(|u| (u.id, u.addr)).collect();
+    fn same_members(&self, other: &[Deployment]) -> bool {
+        let key = |d: &Deployment| (d.upstream.id, d.upstream.addr, Arc::as_ptr(&d.health));
+        let mut theirs: Vec<_> = other.iter().map(key).collect();
         theirs.sort_unstable();
-        theirs.dedup_by_key(|(_, a)| *a);
-        theirs.len() == self.members.len()
+        theirs.dedup_by_key(|(_, a, _)| *a);
+        theirs.len() == self.deployments.len()
             && theirs
                 .iter()
-                .zip(&self.members)
-                .all(|((i, a), m)| *i == m.id && *a == m.addr)
+                .zip(&self.deployments)
+                .all(|(t, d)| *t == key(d) && d.upstream_model == upstream_model_of(other, t.0))
     }
 
     /// The upstream the policy picks, skipping endpoints already tried for this request and
     /// endpoints out of service (ejected, or held by a `Retry-After`). May claim an endpoint's
     /// post-cooldown trial, so call it only to send a request.
-    pub fn select(&self, tried: &[usize], affinity: Option<u64>) -> Option<&Arc<Upstream>> {
+    pub fn select(&self, tried: &[usize], affinity: Option<u64>) -> Option<&Deployment> {
         // Members whose trial another request claimed between the pick and the claim.
         let mut claimed_elsewhere: Vec<usize> = Vec::new();
         // Bounded: each turn either returns or rules one more member out.
         for _ in 0..=self.members.len() {
             let usable = |i: usize| {
-                let m = &self.members[i];
-                !tried.contains(&m.id)
-                    && m.endpoint.health.may_admit()
-                    && !claimed_elsewhere.contains(&i)
+                let d = &self.deployments[i];
+                !tried.contains(&d.upstream.id) && d.may_admit() && !claimed_elsewhere.contains(&i)
             };
             let i = self.policy.pick(&self.members, affinity, &usable)?;
-            if self.members[i].endpoint.health.admits() {
-                return Some(&self.members[i]);
+            if self.deployments[i].admits() {
+                return Some(&self.deployments[i]);
             }
             claimed_elsewhere.push(i);
         }
@@ -124,9 +128,14 @@ impl Pool {
 
     /// Whether `select` could find an endpoint now (without claiming any trial).
     pub fn has_candidate(&self, tried: &[usize]) -> bool {
-        self.members
+        self.deployments
             .iter()
-            .any(|m| !tried.contains(&m.id) && m.endpoint.health.may_admit())
+            .any(|d| !tried.contains(&d.upstream.id) && d.may_admit())
+    }
+
+    /// The deployments of this pool, sorted by endpoint id.
+    pub fn deployments(&self) -> &[Deployment] {
+        &self.deployments
     }
 
     pub fn len(&self) -> usize {
@@ -136,6 +145,14 @@ impl Pool {
     pub fn is_empty(&self) -> bool {
         self.members.is_empty()
     }
+}
+
+/// The upstream id `other`'s deployment on endpoint `id` is sent.
+fn upstream_model_of(other: &[Deployment], id: usize) -> Option<Arc<str>> {
+    other
+        .iter()
+        .find(|d| d.upstream.id == id)
+        .and_then(|d| d.upstream_model.clone())
 }
 
 /// One published routing state.
@@ -150,7 +167,7 @@ pub struct Routes {
     pub model_entries: Vec<ModelEntry>,
     /// `GET /v1/endpoints` entries as of the last discovery round, each with its endpoint,
     /// whose live counters are added when the listing is served.
-    pub endpoint_views: Vec<(Arc<Endpoint>, serde_json::Map<String, serde_json::Value>)>,
+    pub endpoint_views: Vec<EndpointView>,
     /// The first discovery round has completed.
     pub ready: bool,
     /// The config's request settings this snapshot was published with.
@@ -163,8 +180,19 @@ impl Routes {
         let data: Vec<serde_json::Value> = self
             .endpoint_views
             .iter()
-            .map(|(ep, view)| {
+            .map(|EndpointView { endpoint: ep, view, deployments }| {
                 let mut view = view.clone();
+                let deployments: Vec<serde_json::Value> = deployments
+                    .iter()
+                    .map(|d| {
+                        serde_json::json!({
+                            "model": d.model,
+                            "upstream_model": d.upstream_model,
+                            "health": health_json(&d.health),
+                        })
+                    })
+                    .collect();
+                view.insert("deployments".into(), deployments.into());
                 view.insert("in_flight".into(), ep.in_flight().into());
                 let health = ep.health.status();
                 let discovered = view.get("healthy").and_then(|v| v.as_bool());
@@ -172,13 +200,7 @@ impl Routes {
                     "healthy".into(),
                     (discovered.unwrap_or(false) && health == Status::Healthy).into(),
                 );
-                view.insert(
-                    "health".into(),
-                    serde_json::json!({
-                        "status": health.as_str(),
-                        "retry_in_ms": u64::try_from(ep.health.retry_in().as_millis()).unwrap_or(u64::MAX),
-                    }),
-                );
+                view.insert("health".into(), health_json(&ep.health));
                 serde_json::Value::Object(view)
             })
             .collect();
@@ -206,6 +228,29 @@ impl Routes {
     }
 }
 
+/// A health state as `/v1/endpoints` shows it.
+fn health_json(h: &Health) -> serde_json::Value {
+    serde_json::json!({
+        "status": h.status().as_str(),
+        "retry_in_ms": u64::try_from(h.retry_in().as_millis()).unwrap_or(u64::MAX),
+    })
+}
+
+/// One endpoint of `/v1/endpoints` as of the last discovery round, with the health of its
+/// address and of each of its deployments, read live when the listing is served.
+pub struct EndpointView {
+    pub endpoint: Arc<Endpoint>,
+    pub view: serde_json::Map<String, serde_json::Value>,
+    pub deployments: Vec<DeploymentView>,
+}
+
+/// A model the endpoint serves, and its health there.
+pub struct DeploymentView {
+    pub model: String,
+    pub upstream_model: String,
+    pub health: Arc<Health>,
+}
+
 /// The shared handle: discovery stores, requests load.
 pub type SharedRoutes = Arc<ArcSwap<Routes>>;
 
@@ -223,7 +268,7 @@ mod tests {
     use super::*;
     use crate::endpoint::{Endpoint, EndpointKind};
 
-    fn up(index: usize, port: u16) -> Arc<Upstream> {
+    fn up(index: usize, port: u16) -> Deployment {
         let ep = Arc::new(
             Endpoint::new(
                 &format!("http://127.0.0.1:{port}"),
@@ -234,7 +279,11 @@ mod tests {
             )
             .unwrap(),
         );
-        Arc::new(Upstream::new(ep, index, ([127, 0, 0, 1], port).into()))
+        Deployment {
+            upstream: Arc::new(Upstream::new(ep, index, ([127, 0, 0, 1], port).into())),
+            health: Arc::new(crate::health::Health::default()),
+            upstream_model: None,
+        }
     }
 
     fn round_robin() -> Balancing {
@@ -249,29 +298,55 @@ mod tests {
         let pool = Pool::new("m", vec![up(1, 2), up(0, 1)], &round_robin());
         let mut counts = [0; 2];
         for _ in 0..10 {
-            counts[pool.select(&[], None).unwrap().id] += 1;
+            counts[pool.select(&[], None).unwrap().upstream.id] += 1;
         }
         assert_eq!(counts, [5, 5]);
         for _ in 0..4 {
-            assert_eq!(pool.select(&[0], None).unwrap().id, 1);
+            assert_eq!(pool.select(&[0], None).unwrap().upstream.id, 1);
         }
         assert!(pool.select(&[0, 1], None).is_none());
     }
 
     #[test]
     fn membership_comparison() {
-        let pool = Pool::new("m", vec![up(0, 1), up(1, 2)], &round_robin());
-        assert!(pool.same_members(&[up(1, 2), up(0, 1)]));
-        assert!(pool.reusable_for(&[up(1, 2), up(0, 1)], PolicyName::RoundRobin));
-        assert!(!pool.reusable_for(&[up(1, 2), up(0, 1)], PolicyName::LeastOutstanding));
-        assert!(!pool.same_members(&[up(0, 1)]));
-        assert!(!pool.same_members(&[up(0, 1), up(1, 3)]));
+        let (a, b) = (up(0, 1), up(1, 2));
+        let pool = Pool::new("m", vec![a.clone(), b.clone()], &round_robin());
+        assert!(pool.same_members(&[b.clone(), a.clone()]));
+        assert!(pool.reusable_for(&[b.clone(), a.clone()], PolicyName::RoundRobin));
+        assert!(!pool.reusable_for(&[b.clone(), a.clone()], PolicyName::LeastOutstanding));
+        assert!(!pool.same_members(&[a.clone()]));
+        assert!(!pool.same_members(&[a.clone(), up(1, 3)]));
+        assert!(
+            !pool.same_members(&[a.clone(), up(1, 2)]),
+            "another deployment (health) on the same address"
+        );
+        let mut renamed = b.clone();
+        renamed.upstream_model = Some("org/m".into());
+        assert!(!pool.same_members(&[a, renamed]), "another upstream id");
     }
 
     #[test]
     fn duplicate_addresses_collapse() {
-        let pool = Pool::new("m", vec![up(0, 1), up(1, 1)], &round_robin());
+        let (a, b) = (up(0, 1), up(1, 1));
+        let pool = Pool::new("m", vec![a.clone(), b.clone()], &round_robin());
         assert_eq!(pool.len(), 1);
-        assert!(pool.same_members(&[up(0, 1), up(1, 1)]));
+        assert!(pool.same_members(&[a, b]));
+    }
+
+    #[test]
+    fn a_models_ejection_leaves_the_address_to_other_models() {
+        let a = up(0, 1);
+        let other_model = Deployment {
+            health: Arc::new(crate::health::Health::default()),
+            ..a.clone()
+        };
+        let pool_a = Pool::new("a", vec![a.clone()], &round_robin());
+        let pool_b = Pool::new("b", vec![other_model], &round_robin());
+        a.health.eject();
+        assert!(pool_a.select(&[], None).is_none());
+        assert!(!pool_a.has_candidate(&[]));
+        assert!(pool_b.select(&[], None).is_some(), "same address, other model");
+        a.upstream.endpoint.health.eject();
+        assert!(pool_b.select(&[], None).is_none(), "the address is out");
     }
 }

@@ -41,6 +41,23 @@ pub async fn get(
     upstream: &Upstream,
     path: &str,
 ) -> Result<Bytes, GetError> {
+    request(connector, upstream, path, true).await
+}
+
+/// `GET path` without the key: any HTTP answer, whatever its status, shows the address serves.
+pub async fn probe(connector: &Connector, upstream: &Upstream, path: &str) -> Result<(), GetError> {
+    match request(connector, upstream, path, false).await {
+        Err(e) if !e.answered => Err(e),
+        _ => Ok(()),
+    }
+}
+
+async fn request(
+    connector: &Connector,
+    upstream: &Upstream,
+    path: &str,
+    with_key: bool,
+) -> Result<Bytes, GetError> {
     let peer = upstream.peer();
     let (mut session, _reused) = connector.get_http_session(&peer).await.map_err(|e| {
         GetError::unreachable(format!(
@@ -64,7 +81,7 @@ pub async fn get(
         concat!("ai-proxy/", env!("CARGO_PKG_VERSION")),
     )
     .map_err(io)?;
-    if let Some(auth) = &ep.authorization {
+    if let Some(auth) = ep.authorization.as_ref().filter(|_| with_key) {
         req.insert_header(http::header::AUTHORIZATION, auth.clone())
             .map_err(io)?;
     }

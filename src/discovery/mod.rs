@@ -19,6 +19,8 @@ use pingora::services::ServiceReadyNotifier;
 use tokio::sync::watch;
 
 use crate::endpoint::{Endpoint, EndpointKind};
+use crate::health::Health;
+use std::collections::HashMap;
 use crate::routes::{Routes, SharedRoutes};
 use crate::upstream::Upstream;
 use client::GetError;
@@ -50,6 +52,19 @@ pub struct EndpointState {
     pub last_success: Option<SystemTime>,
     pub last_attempt: Option<SystemTime>,
     pub consecutive_failures: u32,
+    /// The health of each model served here, by upstream id: kept while the model is served,
+    /// so a model's ejection outlives the snapshot it was made in.
+    pub deployments: HashMap<String, Arc<Health>>,
+}
+
+/// A model as an endpoint serves it: its public name, its upstream id, and what the upstream
+/// said about it.
+#[derive(Debug, Clone, Copy)]
+pub struct Served<'a> {
+    pub name: &'a str,
+    pub id: &'a str,
+    pub created: Option<i64>,
+    pub owned_by: Option<&'a str>,
 }
 
 impl EndpointState {
@@ -63,6 +78,49 @@ impl EndpointState {
             last_success: None,
             last_attempt: None,
             consecutive_failures: 0,
+            deployments: HashMap::new(),
+        }
+    }
+
+    /// What the endpoint serves: the polled models under their public names, then the
+    /// declared models the poll did not list. Nothing before the endpoint first answered.
+    pub fn served(&self) -> Vec<Served<'_>> {
+        if self.last_success.is_none() {
+            return Vec::new();
+        }
+        let ep = &self.endpoint;
+        let mut out: Vec<Served<'_>> = self
+            .models
+            .iter()
+            .map(|m| Served {
+                name: ep.public_name(&m.id),
+                id: &m.id,
+                created: m.created,
+                owned_by: m.owned_by.as_deref(),
+            })
+            .collect();
+        for d in &ep.declared {
+            if !self.models.iter().any(|m| m.id == d.id) {
+                out.push(Served {
+                    name: &d.name,
+                    id: &d.id,
+                    created: None,
+                    owned_by: None,
+                });
+            }
+        }
+        out
+    }
+
+    /// Keep one health per served model: new models get theirs, gone ones lose it.
+    fn sync_deployments(&mut self) {
+        let policy = self.endpoint.health.policy();
+        let ids: Vec<String> = self.served().iter().map(|s| s.id.to_string()).collect();
+        self.deployments.retain(|id, _| ids.contains(id));
+        for id in ids {
+            self.deployments
+                .entry(id)
+                .or_insert_with(|| Arc::new(Health::new(policy)));
         }
     }
 
@@ -144,6 +202,7 @@ impl Discovery {
             self.started,
             ready,
             &now.config.balancing,
+            &now.config.aliases,
             &now.settings,
         );
         self.routes.store(Arc::new(routes));
@@ -220,6 +279,11 @@ impl Discovery {
     /// The model list of one upstream.
     async fn fetch_models(&self, upstream: &Upstream) -> Result<Vec<DiscoveredModel>, GetError> {
         let ep = &upstream.endpoint;
+        if !ep.discover {
+            // Declared models only: prove the address answers, without asking for a list.
+            client::probe(&self.connector, upstream, &ep.probe_path()).await?;
+            return Ok(Vec::new());
+        }
         let body = client::get(&self.connector, upstream, &ep.discovery_path()).await?;
         match ep.kind {
             EndpointKind::Openai => parse::openai_models(&body),
@@ -254,6 +318,7 @@ impl EndpointState {
                 self.status = PollStatus::Ok;
                 self.last_success = Some(now);
                 self.consecutive_failures = 0;
+                self.sync_deployments();
             }
             Err((upstream, GetError { answered, why })) => {
                 if self.consecutive_failures == 0 {

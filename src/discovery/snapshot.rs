@@ -12,8 +12,8 @@ use super::{EndpointState, PollStatus};
 use crate::balance::Balancing;
 use crate::config::RequestSettings;
 use crate::openai::{List, ModelEntry};
-use crate::routes::{Pool, Routes};
-use crate::upstream::Upstream;
+use crate::routes::{DeploymentView, EndpointView, Pool, Routes};
+use crate::deployment::Deployment;
 
 fn unix(t: SystemTime) -> i64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
@@ -28,29 +28,36 @@ pub fn build_routes(
     started: SystemTime,
     ready: bool,
     balancing: &Balancing,
+    aliases: &BTreeMap<String, String>,
     settings: &Arc<RequestSettings>,
 ) -> Routes {
     // BTreeMap: the model list comes out sorted by id.
-    let mut members: BTreeMap<&str, Vec<Arc<Upstream>>> = BTreeMap::new();
+    let mut members: BTreeMap<&str, Vec<Deployment>> = BTreeMap::new();
     let mut entries: BTreeMap<&str, ModelEntry> = BTreeMap::new();
     for s in states {
         let Some(upstream) = &s.upstream else {
             continue;
         };
-        for m in &s.models {
-            members.entry(&m.id).or_default().push(upstream.clone());
-            entries.entry(&m.id).or_insert_with(|| ModelEntry {
-                id: m.id.clone(),
+        for m in s.served() {
+            let Some(health) = s.deployments.get(m.id) else {
+                continue;
+            };
+            members.entry(m.name).or_default().push(Deployment {
+                upstream: upstream.clone(),
+                health: health.clone(),
+                upstream_model: (m.id != m.name).then(|| Arc::from(m.id)),
+            });
+            entries.entry(m.name).or_insert_with(|| ModelEntry {
+                id: m.name.to_string(),
                 object: "model",
                 created: m.created.unwrap_or_else(|| unix(started)),
                 owned_by: m
                     .owned_by
-                    .clone()
-                    .unwrap_or_else(|| s.endpoint.name.clone()),
+                    .map_or_else(|| s.endpoint.name.clone(), str::to_string),
             });
         }
     }
-    let pools: HashMap<String, Arc<Pool>> = members
+    let mut pools: HashMap<String, Arc<Pool>> = members
         .into_iter()
         .map(|(model, ups)| {
             let pool = match previous.pool(model) {
@@ -60,12 +67,43 @@ pub fn build_routes(
             (model.to_string(), pool)
         })
         .collect();
+    // An alias shares its model's pool; a model actually served under the alias's name wins.
+    for (alias, model) in aliases {
+        if pools.contains_key(alias) {
+            continue;
+        }
+        if let Some(pool) = pools.get(model).cloned() {
+            pools.insert(alias.clone(), pool);
+            if let Some(entry) = entries.get(model.as_str()) {
+                let entry = ModelEntry {
+                    id: alias.clone(),
+                    ..entry.clone()
+                };
+                entries.insert(alias, entry);
+            }
+        }
+    }
     let default_upstream = states.iter().find_map(|s| s.upstream.clone());
     let model_entries: Vec<ModelEntry> = entries.into_values().collect();
     let models_json = to_bytes(&List::new(model_entries.iter().collect()));
     let endpoint_views = states
         .iter()
-        .map(|s| (s.endpoint.clone(), endpoint_view(s)))
+        .map(|s| EndpointView {
+            endpoint: s.endpoint.clone(),
+            view: endpoint_view(s),
+            deployments: s
+                .served()
+                .iter()
+                .filter_map(|m| {
+                    let health = s.deployments.get(m.id)?.clone();
+                    Some(DeploymentView {
+                        model: m.name.to_string(),
+                        upstream_model: m.id.to_string(),
+                        health,
+                    })
+                })
+                .collect(),
+        })
         .collect();
     Routes {
         pools,
@@ -94,7 +132,7 @@ fn endpoint_view(s: &EndpointState) -> serde_json::Map<String, serde_json::Value
         "name": ep.name,
         "url": ep.url,
         "type": ep.kind.as_str(),
-        "models": s.models.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(),
+        "models": s.served().iter().map(|m| m.name).collect::<Vec<_>>(),
         "healthy": s.healthy(),
         "address": s.upstream.as_ref().map(|u| u.addr.to_string()),
         "has_api_key": ep.authorization.is_some(),
@@ -115,6 +153,7 @@ fn endpoint_view(s: &EndpointState) -> serde_json::Map<String, serde_json::Value
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::upstream::Upstream;
     use crate::discovery::parse::DiscoveredModel;
     use crate::endpoint::{ApiKey, Endpoint, EndpointKind};
 
@@ -144,6 +183,8 @@ mod tests {
             })
             .collect();
         s.status = status;
+        s.last_success = Some(SystemTime::now());
+        s.sync_deployments();
         s
     }
 
@@ -156,6 +197,7 @@ mod tests {
             SystemTime::now(),
             true,
             &Balancing::default(),
+            &BTreeMap::new(),
             &settings,
         )
     }

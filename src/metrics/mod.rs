@@ -39,6 +39,7 @@ pub struct Metrics {
     pub overhead: Histogram,
     upstream_attempts: IntCounterVec,
     pub upstream_failures: IntCounterVec,
+    pub deployment_healthy: IntGaugeVec,
     pub discovery_runs: IntCounterVec,
     pub config_reloads: IntCounterVec,
     client_refusals: IntCounterVec,
@@ -102,8 +103,8 @@ impl Metrics {
             ),
             upstream_failures: counter(
                 "ai_proxy_upstream_failures_total",
-                "Attempts that failed, by endpoint and reason.",
-                &["endpoint", "reason"],
+                "Attempts that failed, by endpoint, model (\"\" for a fault of the address: connect, reset, probe) and reason.",
+                &["endpoint", "model", "reason"],
             ),
             discovery_runs: counter(
                 "ai_proxy_discovery_runs_total",
@@ -134,6 +135,11 @@ impl Metrics {
                 "ai_proxy_endpoint_healthy",
                 "1 when the endpoint's last poll succeeded and it is in service, else 0.",
                 &["endpoint"],
+            ),
+            deployment_healthy: gauge(
+                "ai_proxy_deployment_healthy",
+                "1 when a model is in service on an endpoint (its deployment not ejected nor held by a Retry-After), else 0.",
+                &["endpoint", "model"],
             ),
             models: gauge(
                 "ai_proxy_endpoint_models",
@@ -169,8 +175,15 @@ impl Metrics {
 
     /// The text exposition, with the per-endpoint gauges read from `routes` now.
     pub fn render(&self, routes: &Routes) -> Bytes {
-        for (ep, view) in &routes.endpoint_views {
+        for v in &routes.endpoint_views {
+            let (ep, view) = (&v.endpoint, &v.view);
             let name = [ep.name.as_str()];
+            for d in &v.deployments {
+                let up = d.health.status() == Status::Healthy;
+                self.deployment_healthy
+                    .with_label_values(&[ep.name.as_str(), d.model.as_str()])
+                    .set(i64::from(up));
+            }
             self.inflight
                 .with_label_values(&name)
                 .set(i64::try_from(ep.in_flight()).unwrap_or(i64::MAX));

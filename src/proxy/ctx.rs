@@ -10,7 +10,8 @@ use pingora::proxy::Session;
 
 use super::{fallback, large_body, watchdog};
 use crate::auth::ClientKey;
-use crate::endpoint::{Endpoint, InFlight};
+use crate::endpoint::InFlight;
+use crate::health::Health;
 use crate::routes::{Pool, Routes};
 use crate::shutdown::ActiveRequest;
 use crate::upstream::Upstream;
@@ -34,6 +35,15 @@ pub struct RequestCtx {
     pub(super) tried: Vec<usize>,
     /// The upstream of the current attempt.
     pub(super) current: Option<Arc<Upstream>>,
+    /// The health of the current attempt's model on that upstream (its deployment's), when the
+    /// request has a model.
+    pub(super) model_health: Option<Arc<Health>>,
+    /// The body as the client sent it (a `Bytes` handle, no copy).
+    pub(super) body: Bytes,
+    /// The body of the current attempt when its deployment knows the model by another id.
+    pub(super) attempt_body: Option<Bytes>,
+    /// Attempts per model, from the request's own snapshot.
+    pub(super) max_attempts: u32,
     /// Counts this request on the current attempt's endpoint until the context is dropped,
     /// i.e. until the response has truly ended.
     pub(super) in_flight: Option<InFlight>,
@@ -157,25 +167,78 @@ impl RequestCtx {
         }
     }
 
-    /// Count a failure against the current attempt's endpoint.
-    pub(super) fn blame_current(&self, why: &str) {
+    /// Count a fault of the current attempt's address (connect, reset before the answer)
+    /// against it: every deployment there shares it.
+    pub(super) fn blame_address(&self, why: &str) {
         if let Some(u) = &self.current {
-            blame(&u.endpoint, why);
+            blame(&u.endpoint.name, "", &u.endpoint.health, why);
         }
+    }
+
+    /// Count a fault of the current attempt's model (429, 5xx, first-byte timeout, an OCF
+    /// error) against its deployment only: the address's other models keep serving. A request
+    /// without a model has no deployment, and its faults are the address's.
+    pub(super) fn blame_model(&self, why: &str) {
+        match (&self.current, &self.model_health, self.model()) {
+            (Some(u), Some(h), Some(model)) => blame(&u.endpoint.name, model, h, why),
+            _ => self.blame_address(why),
+        }
+    }
+
+    /// The current attempt was answered: its address and its model are in service.
+    pub(super) fn record_success(&self) {
+        let Some(u) = &self.current else {
+            return;
+        };
+        if let Some(was) = u.endpoint.health.record_success() {
+            log::info!(
+                "health: {} is back in service (was {})",
+                u.endpoint.name,
+                was.as_str()
+            );
+        }
+        if let (Some(h), Some(model)) = (&self.model_health, self.model()) {
+            if let Some(was) = h.record_success() {
+                log::info!(
+                    "health: model {model} on {} is back in service (was {})",
+                    u.endpoint.name,
+                    was.as_str()
+                );
+            }
+        }
+    }
+
+    /// The health a `Retry-After` holds: the model's on that upstream.
+    pub(super) fn hold_for(&self, wait: Duration) {
+        match (&self.model_health, &self.current) {
+            (Some(h), _) => h.hold_for(wait),
+            (None, Some(u)) => u.endpoint.health.hold_for(wait),
+            _ => {}
+        }
+    }
+
+    /// What the current attempt sends upstream when it is not the client's body.
+    pub(super) fn body_to_send(&self) -> Option<&Bytes> {
+        self.attempt_body.as_ref().or(self.body_override.as_ref())
     }
 }
 
-/// Count a failure against an endpoint, and say so when that ejects it.
-pub(super) fn blame(ep: &Endpoint, why: &str) {
+/// Count a failure against a health (an endpoint's address, or `model` there), and say so when
+/// that ejects it.
+fn blame(endpoint: &str, model: &str, health: &Health, why: &str) {
     if let Some(m) = crate::metrics::get() {
         m.upstream_failures
-            .with_label_values(&[ep.name.as_str(), why])
+            .with_label_values(&[endpoint, model, why])
             .inc();
     }
-    if let Some(cooldown) = ep.health.record_failure() {
+    if let Some(cooldown) = health.record_failure() {
+        let what = if model.is_empty() {
+            endpoint.to_string()
+        } else {
+            format!("model {model} on {endpoint}")
+        };
         log::warn!(
-            "health: {} ejected for {:.1} s after consecutive failures (last: {why})",
-            ep.name,
+            "health: {what} ejected for {:.1} s after consecutive failures (last: {why})",
             cooldown.as_secs_f64()
         );
     }

@@ -17,9 +17,11 @@ use crate::usage::Tokens;
 /// What the client's session hands each subrequest.
 pub(super) struct SubrequestRoute {
     pub target: Target,
-    /// The length of the body the subrequest carries (it differs from the client's
-    /// `Content-Length` once rewritten).
-    pub body_len: usize,
+    /// The body the subrequest carries (it differs from the client's once rewritten; its
+    /// deployment may rewrite it once more for its upstream id).
+    pub body: bytes::Bytes,
+    /// Attempts per model, from the client request's snapshot.
+    pub max_attempts: u32,
     pub attempts: Arc<Attempts>,
     /// A fallback model could still take the request after this model's endpoints.
     pub can_fall_back: bool,

@@ -33,12 +33,12 @@ use crate::auth::Auth;
 use crate::balance::affinity_key;
 use crate::config::Config;
 use crate::error::{ErrorKind, Rendered};
-use crate::openai::{peek_request, with_include_usage, PeekError};
+use crate::openai::{peek_request, with_include_usage, with_model, PeekError};
 use crate::request_id;
 use crate::routes::{Routes, SharedRoutes};
 use crate::shutdown::Lifecycle;
 use crate::usage::{self, strip::StripUsageChunk};
-use ctx::{answered, blame, RequestCtx, Target};
+use ctx::{answered, RequestCtx, Target};
 
 /// Names the endpoint that served a response.
 const ENDPOINT_HEADER: &str = "x-ai-proxy-endpoint";
@@ -84,11 +84,6 @@ impl Gateway {
         }
     }
 
-    /// Attempts per request, as the config in force says.
-    fn max_attempts(&self) -> u32 {
-        self.routes.load().settings.max_attempts
-    }
-
     /// Decide the target of a proxied request from its body.
     fn target(&self, session: &Session, routes: &Routes, body: &[u8]) -> Result<Routed> {
         let default = || {
@@ -102,10 +97,18 @@ impl Gateway {
                 })
                 .ok_or_else(|| ErrorKind::NoHealthyEndpoint.err("no endpoint is reachable yet"))
         };
-        if body.is_empty() || is_multipart(session) {
+        let path = session.req_header().uri.path();
+        let needs_model = MODEL_ROUTES.contains(&path);
+        if body.is_empty() {
+            if needs_model && session.req_header().method == http::Method::POST {
+                return Err(ErrorKind::InvalidRequest
+                    .err("the request body is empty; it needs a JSON object with a `model`"));
+            }
             return default();
         }
-        let path = session.req_header().uri.path();
+        if is_multipart(session) {
+            return default();
+        }
         let fields = match peek_request(body) {
             Ok(f) => f,
             Err(PeekError::NotJson(why)) => {
@@ -119,7 +122,7 @@ impl Gateway {
             && fields.stream_without_usage();
         let model = match fields.model.as_deref() {
             Some(m) => m.to_owned(),
-            None if MODEL_ROUTES.contains(&path) => {
+            None if needs_model => {
                 return Err(
                     ErrorKind::InvalidRequest.err("the request body needs a string `model` field")
                 )
@@ -169,7 +172,7 @@ impl Gateway {
             .and_then(|s| client_gone::ClientWatch::new(s.id()).ok());
         let attempts = Arc::new(large_body::Attempts::default());
         let fallbacks = ctx.fallbacks.as_ref().map_or(0, |f| f.remaining());
-        let max_attempts = self.max_attempts() as usize;
+        let max_attempts = ctx.max_attempts as usize;
         // Bounded: every model gets at most `max_attempts`, and a stale connection one more.
         for _ in 0..(max_attempts + 1) * (fallbacks + 1) {
             let body = ctx
@@ -181,11 +184,12 @@ impl Gateway {
                     .target
                     .clone()
                     .ok_or_else(|| ErrorKind::Internal.err("no route"))?,
-                body_len: body.len(),
+                body: body.clone(),
                 attempts: attempts.clone(),
                 can_fall_back: ctx.fallbacks.as_ref().is_some_and(|f| f.available()),
                 strip_usage: ctx.usage_forced,
                 affinity: ctx.affinity,
+                max_attempts: ctx.max_attempts,
                 request_id: ctx.request_id.clone(),
                 started: ctx.started,
             };
@@ -284,7 +288,9 @@ impl Gateway {
                 }
             };
         }
+        ctx.max_attempts = settings.max_attempts;
         let original = body::read(session, settings.max_body_bytes, settings.body_deadline).await?;
+        ctx.body = original.clone();
         let Routed {
             target,
             force_usage,
@@ -478,7 +484,9 @@ impl ProxyHttp for Gateway {
             ctx.parent_can_fall_back = route.can_fall_back;
             ctx.usage_forced = route.strip_usage;
             ctx.affinity = route.affinity;
-            let body_len = route.body_len;
+            ctx.max_attempts = route.max_attempts;
+            ctx.body = route.body.clone();
+            let body_len = route.body.len();
             // Its request head is a copy of the client's as received: when the body was
             // rewritten for a fallback model, its length is not the client's.
             let req = session.req_header_mut();
@@ -504,9 +512,16 @@ impl ProxyHttp for Gateway {
             match ctx.target.as_ref() {
                 Some(Target::Model { model, pool }) => {
                     // `select` may claim an endpoint's trial: only call it to send.
-                    if ctx.tried.len() < self.max_attempts() as usize {
-                        if let Some(u) = pool.select(&ctx.tried, ctx.affinity) {
-                            break u.clone();
+                    if ctx.tried.len() < ctx.max_attempts as usize {
+                        if let Some(d) = pool.select(&ctx.tried, ctx.affinity) {
+                            // The body names the model as the client (or a fallback) does; this
+                            // deployment may know it by another id.
+                            ctx.attempt_body = d.upstream_model.as_ref().and_then(|id| {
+                                let body = ctx.body_override.as_ref().unwrap_or(&ctx.body);
+                                with_model(body, id)
+                            });
+                            ctx.model_health = Some(d.health.clone());
+                            break d.upstream.clone();
                         }
                     }
                     let model = model.clone();
@@ -540,8 +555,8 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        ctx.blame_current(e.etype().as_str());
-        if ctx.has_untried(self.max_attempts()) {
+        ctx.blame_address(e.etype().as_str());
+        if ctx.has_untried(ctx.max_attempts) {
             log::warn!(
                 "connect to {peer} failed ({}); trying another endpoint for model {}",
                 e.etype().as_str(),
@@ -605,8 +620,16 @@ impl ProxyHttp for Gateway {
             e.set_retry(ctx.ask_another_attempt());
             return e;
         }
-        ctx.blame_current(e.etype().as_str());
-        if ctx.can_fail_over(session, self.max_attempts()) {
+        // A timeout before the first byte is the model's (a server busy with it); a reset or
+        // a broken answer before it is the address's.
+        let timed_out = e.etype() == &ErrorType::ReadTimedout
+            || matches!(e.etype(), ErrorType::CustomCode(_, 504));
+        if timed_out {
+            ctx.blame_model(e.etype().as_str());
+        } else {
+            ctx.blame_address(e.etype().as_str());
+        }
+        if ctx.can_fail_over(session, ctx.max_attempts) {
             log::warn!(
                 "upstream {} failed before answering ({}); trying another endpoint for model {}",
                 ctx.current
@@ -640,20 +663,13 @@ impl ProxyHttp for Gateway {
             w.head();
         }
         let answer = failover::judge(ep.kind, header);
+        // The server answered: whatever the answer says is about the model, not the address.
         match answer {
-            failover::Answer::RateLimited(Some(wait)) => ep.health.hold_for(wait),
-            a if a.blames_endpoint() => blame(ep, header.status.as_str()),
-            _ => {
-                if let Some(was) = ep.health.record_success() {
-                    log::info!(
-                        "health: {} is back in service (was {})",
-                        ep.name,
-                        was.as_str()
-                    );
-                }
-            }
+            failover::Answer::RateLimited(Some(wait)) => ctx.hold_for(wait),
+            a if a.blames_endpoint() => ctx.blame_model(header.status.as_str()),
+            _ => ctx.record_success(),
         }
-        if answer.retryable() && ctx.can_fail_over(session, self.max_attempts()) {
+        if answer.retryable() && ctx.can_fail_over(session, ctx.max_attempts) {
             log::warn!(
                 "upstream {} answered HTTP {}; trying another endpoint for model {}",
                 ep.name,
@@ -736,7 +752,7 @@ impl ProxyHttp for Gateway {
             req.insert_header(request_id::HEADER, id.clone())?;
         }
         // A rewritten body is longer or shorter than the client's.
-        if let Some(len) = ctx.body_override.as_ref().map(Bytes::len) {
+        if let Some(len) = ctx.body_to_send().map(Bytes::len) {
             if req.headers.contains_key(http::header::CONTENT_LENGTH) {
                 req.insert_header(http::header::CONTENT_LENGTH, len)?;
             }
@@ -753,7 +769,7 @@ impl ProxyHttp for Gateway {
         _end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if let Some(rewritten) = &ctx.body_override {
+        if let Some(rewritten) = ctx.body_to_send() {
             if body.as_ref().is_some_and(|b| !b.is_empty()) {
                 *body = Some(rewritten.clone());
             }
