@@ -6,7 +6,9 @@
 use std::sync::Arc;
 
 use ai_proxy::balance::{Balancing, PolicyName};
+use ai_proxy::deployment::Deployment;
 use ai_proxy::endpoint::{ApiKey, Endpoint, EndpointKind};
+use ai_proxy::health::Health;
 use ai_proxy::openai::peek_model;
 use ai_proxy::routes::Pool;
 use ai_proxy::upstream::Upstream;
@@ -35,7 +37,7 @@ fn bench_peek(c: &mut Criterion) {
 }
 
 fn bench_select(c: &mut Criterion) {
-    let members: Vec<Arc<Upstream>> = (0..4)
+    let members: Vec<Deployment> = (0..4)
         .map(|i| {
             let port = 9000 + i as u16;
             let ep = Endpoint::new(
@@ -46,11 +48,15 @@ fn bench_select(c: &mut Criterion) {
                 None,
             )
             .unwrap();
-            Arc::new(Upstream::new(
-                Arc::new(ep),
-                i,
-                ([127, 0, 0, 1], port).into(),
-            ))
+            Deployment {
+                upstream: Arc::new(Upstream::new(
+                    Arc::new(ep),
+                    i,
+                    ([127, 0, 0, 1], port).into(),
+                )),
+                health: Arc::new(Health::default()),
+                upstream_model: None,
+            }
         })
         .collect();
     for (name, policy) in [
@@ -63,10 +69,10 @@ fn bench_select(c: &mut Criterion) {
         };
         let pool = Pool::new("m", members.clone(), &balancing);
         c.bench_function(&format!("pool_select_4_{name}"), |b| {
-            b.iter(|| pool.select(black_box(&[]), None).map(|u| u.id))
+            b.iter(|| pool.select(black_box(&[]), None).map(|d| d.upstream.id))
         });
         c.bench_function(&format!("pool_select_4_one_tried_{name}"), |b| {
-            b.iter(|| pool.select(black_box(&[1]), None).map(|u| u.id))
+            b.iter(|| pool.select(black_box(&[1]), None).map(|d| d.upstream.id))
         });
     }
 }

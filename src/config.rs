@@ -652,7 +652,10 @@ fn declared_models(
             }
         };
         if id.trim().is_empty() || name.trim().is_empty() {
-            return Err(format!("{}: a model id or name is empty", field(&format!("models[{j}]"))));
+            return Err(format!(
+                "{}: a model id or name is empty",
+                field(&format!("models[{j}]"))
+            ));
         }
         if out.iter().any(|d| d.name == name || d.id == id) {
             return Err(format!(

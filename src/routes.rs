@@ -180,29 +180,35 @@ impl Routes {
         let data: Vec<serde_json::Value> = self
             .endpoint_views
             .iter()
-            .map(|EndpointView { endpoint: ep, view, deployments }| {
-                let mut view = view.clone();
-                let deployments: Vec<serde_json::Value> = deployments
-                    .iter()
-                    .map(|d| {
-                        serde_json::json!({
-                            "model": d.model,
-                            "upstream_model": d.upstream_model,
-                            "health": health_json(&d.health),
+            .map(
+                |EndpointView {
+                     endpoint: ep,
+                     view,
+                     deployments,
+                 }| {
+                    let mut view = view.clone();
+                    let deployments: Vec<serde_json::Value> = deployments
+                        .iter()
+                        .map(|d| {
+                            serde_json::json!({
+                                "model": d.model,
+                                "upstream_model": d.upstream_model,
+                                "health": health_json(&d.health),
+                            })
                         })
-                    })
-                    .collect();
-                view.insert("deployments".into(), deployments.into());
-                view.insert("in_flight".into(), ep.in_flight().into());
-                let health = ep.health.status();
-                let discovered = view.get("healthy").and_then(|v| v.as_bool());
-                view.insert(
-                    "healthy".into(),
-                    (discovered.unwrap_or(false) && health == Status::Healthy).into(),
-                );
-                view.insert("health".into(), health_json(&ep.health));
-                serde_json::Value::Object(view)
-            })
+                        .collect();
+                    view.insert("deployments".into(), deployments.into());
+                    view.insert("in_flight".into(), ep.in_flight().into());
+                    let health = ep.health.status();
+                    let discovered = view.get("healthy").and_then(|v| v.as_bool());
+                    view.insert(
+                        "healthy".into(),
+                        (discovered.unwrap_or(false) && health == Status::Healthy).into(),
+                    );
+                    view.insert("health".into(), health_json(&ep.health));
+                    serde_json::Value::Object(view)
+                },
+            )
             .collect();
         Bytes::from(serde_json::to_vec(&List::new(data)).expect("plain data serializes"))
     }
@@ -345,7 +351,10 @@ mod tests {
         a.health.eject();
         assert!(pool_a.select(&[], None).is_none());
         assert!(!pool_a.has_candidate(&[]));
-        assert!(pool_b.select(&[], None).is_some(), "same address, other model");
+        assert!(
+            pool_b.select(&[], None).is_some(),
+            "same address, other model"
+        );
         a.upstream.endpoint.health.eject();
         assert!(pool_b.select(&[], None).is_none(), "the address is out");
     }

@@ -20,11 +20,11 @@ use tokio::sync::watch;
 
 use crate::endpoint::{Endpoint, EndpointKind};
 use crate::health::Health;
-use std::collections::HashMap;
 use crate::routes::{Routes, SharedRoutes};
 use crate::upstream::Upstream;
 use client::GetError;
 use parse::DiscoveredModel;
+use std::collections::HashMap;
 
 pub use snapshot::build_routes;
 

@@ -11,9 +11,9 @@ use serde_json::json;
 use super::{EndpointState, PollStatus};
 use crate::balance::Balancing;
 use crate::config::RequestSettings;
+use crate::deployment::Deployment;
 use crate::openai::{List, ModelEntry};
 use crate::routes::{DeploymentView, EndpointView, Pool, Routes};
-use crate::deployment::Deployment;
 
 fn unix(t: SystemTime) -> i64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
@@ -153,9 +153,9 @@ fn endpoint_view(s: &EndpointState) -> serde_json::Map<String, serde_json::Value
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::upstream::Upstream;
     use crate::discovery::parse::DiscoveredModel;
     use crate::endpoint::{ApiKey, Endpoint, EndpointKind};
+    use crate::upstream::Upstream;
 
     fn state(i: usize, port: u16, models: &[&str], status: PollStatus) -> EndpointState {
         let ep = Arc::new(

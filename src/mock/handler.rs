@@ -185,7 +185,7 @@ async fn answer(
 
     // Read once, when the request has arrived: a later `set_fault` does not change this answer.
     let fault = if parts.method == Method::POST {
-        shared.fault()
+        shared.fault_for(&body)
     } else {
         None
     };

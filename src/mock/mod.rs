@@ -289,6 +289,9 @@ pub(crate) struct Shared {
     pub(crate) discovery_failing: AtomicBool,
     /// Applied to inference requests (POSTs) while set.
     pub(crate) fault: RwLock<Option<Fault>>,
+    /// When set, the fault applies only to requests for this model (a server whose other
+    /// models are fine).
+    pub(crate) fault_model: RwLock<Option<String>>,
     pub(crate) count: AtomicUsize,
     pub(crate) requests: Mutex<Vec<RecordedRequest>>,
     pub(crate) streams: Mutex<Vec<Arc<Mutex<StreamRecord>>>>,
@@ -300,6 +303,24 @@ impl Shared {
     /// The fault to apply to a request arriving now.
     pub(crate) fn fault(&self) -> Option<Fault> {
         self.fault.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The fault to apply to a request with this body (see `set_fault_for`).
+    pub(crate) fn fault_for(&self, body: &[u8]) -> Option<Fault> {
+        let only = self
+            .fault_model
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        match only {
+            Some(model)
+                if crate::openai::peek_model(body).ok().flatten().as_deref()
+                    != Some(model.as_str()) =>
+            {
+                None
+            }
+            _ => self.fault(),
+        }
     }
 }
 
@@ -362,6 +383,7 @@ impl MockServer {
             dnt_table: RwLock::new(cfg.dnt_table),
             discovery_failing: AtomicBool::new(false),
             fault: RwLock::new(cfg.fault),
+            fault_model: RwLock::new(None),
             count: AtomicUsize::new(0),
             requests: Mutex::new(Vec::new()),
             streams: Mutex::new(Vec::new()),
@@ -438,6 +460,16 @@ impl MockServer {
     /// already being answered keep the behaviour they started with.
     pub fn set_fault(&self, fault: Option<Fault>) {
         *self.shared.fault.write().unwrap_or_else(|e| e.into_inner()) = fault;
+    }
+
+    /// Apply `fault` only to later inference requests whose body asks for `model`.
+    pub fn set_fault_for(&self, model: &str, fault: Fault) {
+        *self
+            .shared
+            .fault_model
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Some(model.into());
+        self.set_fault(Some(fault));
     }
 
     /// The fault currently applied to inference requests.

@@ -555,7 +555,11 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        ctx.blame_address(e.etype().as_str());
+        if e.etype() == &ErrorType::ConnectRefused {
+            ctx.refused_address();
+        } else {
+            ctx.blame_address(e.etype().as_str());
+        }
         if ctx.has_untried(ctx.max_attempts) {
             log::warn!(
                 "connect to {peer} failed ({}); trying another endpoint for model {}",

@@ -1,0 +1,216 @@
+//! Deployments: a model on one server is the unit of health. One model's faults take out only
+//! that model there; an address's faults take out all its models. Declared models, public
+//! names (the body's `model` rewritten to the upstream id) and aliases.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use ai_proxy::mock::Fault;
+use common::*;
+use serde_json::Value;
+
+/// A gateway in front of `mock` (and its `extra` endpoint YAML), round robin, with the
+/// fallback `A -> F`.
+async fn gateway(mock: &MockServer, probe_secs: u64, extra: &str) -> Gateway {
+    let yaml = format!(
+        "listen: \"127.0.0.1:{{port}}\"\nthreads: 2\ntimeout_secs: 10\nconnect_timeout_secs: 1\n\
+         discovery_interval_secs: {probe_secs}\nbalancing: {{policy: round_robin}}\n\
+         fallbacks: {{A: [F]}}\nendpoints:\n  - url: {}\n    name: {}\n{extra}",
+        mock.url(),
+        mock.name()
+    );
+    let gw = Gateway::start(&yaml).await;
+    wait_discovered(&gw, mock.name()).await;
+    gw
+}
+
+/// The health of `model` on endpoint `name`, from `/v1/endpoints`.
+async fn deployment_health(gw: &Gateway, name: &str, model: &str) -> Value {
+    let ep = endpoint_named(gw, name).await;
+    ep["deployments"]
+        .as_array()
+        .expect("deployments listed")
+        .iter()
+        .find(|d| d["model"] == model)
+        .unwrap_or_else(|| panic!("no deployment of {model} in {ep}"))["health"]
+        .clone()
+}
+
+fn routed_model(r: &Resp) -> &str {
+    r.header("x-ai-proxy-model").unwrap_or("")
+}
+
+/// `model` answering `fault` on a server that also serves B and F ejects only (server, A).
+async fn a_model_fault_ejects_only_that_deployment(fault: Fault, status: &str) {
+    let mock = start_mock(MockConfig::openai("multi", ["A", "B", "F"])).await;
+    mock.set_fault_for("A", fault);
+    let gw = gateway(&mock, 60, "").await;
+
+    // Each request for A fails on A, then is served by its fallback F on the same server.
+    for i in 0..5 {
+        let r = post_chat(&gw, "A", &[]).await;
+        assert_eq!(r.status, 200, "request {i} for A: {}", r.text());
+        assert_eq!(routed_model(&r), "F", "request {i} for A");
+    }
+    assert_eq!(deployment_health(&gw, "multi", "A").await["status"], status);
+    for m in ["B", "F"] {
+        assert_eq!(
+            deployment_health(&gw, "multi", m).await["status"],
+            "healthy",
+            "{m}"
+        );
+    }
+    let ep = endpoint_named(&gw, "multi").await;
+    assert_eq!(
+        ep["health"]["status"], "healthy",
+        "the address stays in service: {ep}"
+    );
+
+    // During A's ejection, B and F serve every request, and A's go to F without trying A.
+    let before = inference_requests(&mock).len();
+    for i in 0..200 {
+        for m in ["B", "F"] {
+            let r = post_chat(&gw, m, &[]).await;
+            assert_eq!(r.status, 200, "request {i} for {m}: {}", r.text());
+            assert_eq!(routed_model(&r), m);
+        }
+    }
+    for i in 0..20 {
+        let r = post_chat(&gw, "A", &[]).await;
+        assert_eq!(r.status, 200, "request {i} for A: {}", r.text());
+        assert_eq!(routed_model(&r), "F");
+    }
+    let sent_to_a = inference_requests(&mock)[before..]
+        .iter()
+        .filter(|r| r.json()["model"] == "A")
+        .count();
+    assert_eq!(sent_to_a, 0, "an ejected deployment gets no traffic");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_models_503s_eject_only_that_model_on_its_server() {
+    let fault = Fault::Status {
+        status: 503,
+        retry_after: None,
+    };
+    a_model_fault_ejects_only_that_deployment(fault, "ejected").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_models_429s_hold_only_that_model_on_its_server() {
+    let fault = Fault::Status {
+        status: 429,
+        retry_after: Some(30),
+    };
+    a_model_fault_ejects_only_that_deployment(fault, "rate_limited").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_failure_ejects_every_model_of_the_address_until_it_is_back() {
+    let mock = start_mock(MockConfig::openai("srv", ["A", "B"])).await;
+    let addr = mock.addr();
+    let gw = gateway(&mock, 1, "").await;
+    assert_eq!(post_chat(&gw, "A", &[]).await.status, 200);
+    mock.shutdown().await;
+
+    // A refused connect is the address's fault: it is out, with both its models.
+    let r = post_chat(&gw, "B", &[]).await;
+    assert!(r.status >= 500, "{}", r.text());
+    let ep = endpoint_named(&gw, "srv").await;
+    assert_eq!(ep["health"]["status"], "ejected", "{ep}");
+    for m in ["A", "B"] {
+        let r = post_chat(&gw, m, &[]).await;
+        assert_openai_error(&r, 503, "no_healthy_endpoint");
+    }
+
+    // Back on the same address: served again within one probe interval (1 s).
+    let back = MockServer::start_on(MockConfig::openai("srv", ["A", "B"]), addr)
+        .await
+        .expect("restart the mock on its address");
+    let returned = Instant::now();
+    let serves = || async { post_chat(&gw, "A", &[]).await.status == 200 };
+    assert!(poll_until(Duration::from_secs(5), serves).await.is_some());
+    assert!(
+        returned.elapsed() < Duration::from_millis(2500),
+        "{:?}",
+        returned.elapsed()
+    );
+    assert_eq!(post_chat(&gw, "B", &[]).await.status, 200);
+    assert!(!inference_requests(&back).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn declared_models_public_names_and_aliases() {
+    let listed = start_mock(MockConfig::openai("listed", ["org/listed-model-v1"])).await;
+    let silent = start_mock(MockConfig::openai("silent", ["unrelated"])).await;
+    let extra = format!(
+        "    models:\n      - unlisted\n      - {{id: org/listed-model-v1, name: short}}\n\
+         \x20 - url: {}\n    name: silent\n    discover: false\n    models:\n      - {{id: org/long-upstream-id, name: long}}\n\
+         aliases: {{gpt-4o: short, l: long}}\n",
+        silent.url()
+    );
+    let gw = gateway(&listed, 60, &extra).await;
+    wait_discovered(&gw, "silent").await;
+
+    let mut ids = model_ids(&gw).await;
+    ids.sort();
+    assert_eq!(ids, ["gpt-4o", "l", "long", "short", "unlisted"]);
+
+    // A model the server does not list is routed once declared, under its own id.
+    let r = post_chat(&gw, "unlisted", &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        inference_requests(&listed).last().unwrap().json()["model"],
+        "unlisted"
+    );
+
+    // Public names and aliases reach the upstream as its id, small bodies and large ones.
+    for (asked, mock, upstream_id) in [
+        ("short", &listed, "org/listed-model-v1"),
+        ("gpt-4o", &listed, "org/listed-model-v1"),
+        ("long", &silent, "org/long-upstream-id"),
+        ("l", &silent, "org/long-upstream-id"),
+    ] {
+        for kib in [1, 200] {
+            let body = serde_json::json!({
+                "model": asked,
+                "messages": [{"role": "user", "content": "x".repeat(kib * 1024)}],
+            })
+            .to_string();
+            let r = post_json(&gw.at("/v1/chat/completions"), body, &[]).await;
+            assert_eq!(r.status, 200, "{asked} ({kib} KiB): {}", r.text());
+            let sent = inference_requests(mock).last().unwrap().json();
+            assert_eq!(sent["model"], upstream_id, "{asked} ({kib} KiB)");
+            let content = sent["messages"][0]["content"].as_str().unwrap().len();
+            assert_eq!(content, kib * 1024, "the rest of the body is unchanged");
+        }
+    }
+
+    // The `discover: false` endpoint was never asked for its model list.
+    let gets: Vec<String> = silent
+        .requests()
+        .iter()
+        .filter(|r| r.method == "GET")
+        .map(|r| r.path.clone())
+        .collect();
+    assert!(!gets.is_empty(), "it is probed");
+    assert!(gets.iter().all(|p| p != "/v1/models"), "{gets:?}");
+    let unknown = post_chat(&gw, "unrelated", &[]).await;
+    assert_openai_error(&unknown, 404, "model_not_found");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_bodies_on_model_routes_are_a_400_and_never_sent_upstream() {
+    let mock = start_mock(MockConfig::openai("m", ["A"])).await;
+    let gw = gateway(&mock, 60, "").await;
+    for path in ["/v1/chat/completions", "/v1/completions", "/v1/embeddings"] {
+        let r = post_json(&gw.at(path), "", &[]).await;
+        let e = assert_openai_error(&r, 400, "invalid_request");
+        assert!(
+            e["message"].as_str().unwrap().contains("empty"),
+            "{path}: {e}"
+        );
+    }
+    assert!(inference_requests(&mock).is_empty());
+}
