@@ -2,6 +2,7 @@
 # Installs what building ai-proxy needs beyond cargo: cmake and a C toolchain (Pingora's
 # zlib-ng and zstd build C code). Debian/Ubuntu; elsewhere install them by hand.
 set -euo pipefail
+cd "$(dirname "$0")/.."
 if ! command -v cargo >/dev/null 2>&1; then
   echo "cargo not found: install Rust (https://rustup.rs) first" >&2
   exit 1
@@ -16,4 +17,16 @@ if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+# The SDKs the integration tests drive, as users do: the `openai` Python SDK in a venv of the
+# checkout (.venv, git-ignored).
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import openai" 2>/dev/null; then
+  if ! python3 -c "import venv, ensurepip" 2>/dev/null; then
+    sudo=""
+    [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq python3-venv >/dev/null
+  fi
+  python3 -m venv .venv
+  .venv/bin/pip install -q --disable-pip-version-check openai
 fi

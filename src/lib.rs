@@ -13,6 +13,7 @@ pub mod error;
 pub mod health;
 pub mod metrics;
 pub mod mock;
+pub mod multipart;
 pub mod openai;
 pub mod proxy;
 pub mod reload;

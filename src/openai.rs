@@ -14,7 +14,7 @@ pub enum PeekError {
 }
 
 /// The top-level fields of a request body the gateway reads, borrowed from the body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 pub struct RequestFields<'a> {
     /// The model to route by.
     #[serde(borrow, default)]

@@ -214,3 +214,69 @@ async fn empty_bodies_on_model_routes_are_a_400_and_never_sent_upstream() {
     }
     assert!(inference_requests(&mock).is_empty());
 }
+
+/// The Python interpreter of the SDK venv that `scripts/install-deps.sh` creates.
+fn sdk_python() -> std::path::PathBuf {
+    let py = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    assert!(
+        py.exists(),
+        "{} is missing: run scripts/install-deps.sh (it creates the SDK venv)",
+        py.display()
+    );
+    py
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multipart_transcription_reaches_the_one_server_of_its_model() {
+    let chat = start_mock(MockConfig::openai("chat", ["llama"])).await;
+    let asr = start_mock(MockConfig::openai("asr", ["openai/whisper-large-v3"])).await;
+    let extra = format!(
+        "    type: openai\n  - url: {}\n    name: asr\n    models:\n      - {{id: openai/whisper-large-v3, name: whisper-1}}\n",
+        asr.url()
+    );
+    let gw = gateway(&chat, 60, &extra).await;
+    wait_discovered(&gw, "asr").await;
+
+    let script = r#"
+import sys, openai
+client = openai.OpenAI(base_url=sys.argv[1] + "/v1", api_key="sk-client", max_retries=0)
+audio = b"RIFF" + bytes(200 * 1024)
+for _ in range(3):
+    t = client.audio.transcriptions.create(model="whisper-1", file=("a.wav", audio, "audio/wav"))
+    print(t.text)
+"#;
+    let (python, base) = (sdk_python(), gw.at(""));
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(python)
+            .arg("-c")
+            .arg(script)
+            .arg(base)
+            .output()
+    })
+    .await
+    .unwrap()
+    .expect("run the SDK");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        stdout.lines().collect::<Vec<_>>(),
+        ["transcribed by asr"; 3]
+    );
+    assert!(
+        inference_requests(&chat).is_empty(),
+        "the chat server got none"
+    );
+    let sent = inference_requests(&asr);
+    assert_eq!(sent.len(), 3);
+    let body = String::from_utf8_lossy(&sent[0].body);
+    assert!(
+        body.contains("openai/whisper-large-v3"),
+        "the upstream id is sent"
+    );
+    assert!(!body.contains("whisper-1"), "not the public name");
+    assert!(sent[0].body.len() > 200 * 1024, "the whole file arrives");
+}

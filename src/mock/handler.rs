@@ -321,6 +321,15 @@ fn route(
     if shared.kind == MockKind::Ocf && inference_path == "/v1/models" {
         return get_only(&|| models(shared));
     }
+    // Speech to text (multipart uploads): the answer names the server that transcribed.
+    let audio = matches!(
+        inference_path,
+        "/v1/audio/transcriptions" | "/v1/audio/translations"
+    );
+    if audio && method == Method::POST {
+        let text = serde_json::json!({ "text": format!("transcribed by {}", shared.name) });
+        return json_ok(shared, Bytes::from(text.to_string()));
+    }
     match Endpoint::from_path(inference_path) {
         Some(endpoint) if method == Method::POST => {
             inference(shared, endpoint, path_and_query, body, ov, n)

@@ -42,6 +42,8 @@ pub struct RequestCtx {
     pub(super) body: Bytes,
     /// The body of the current attempt when its deployment knows the model by another id.
     pub(super) attempt_body: Option<Bytes>,
+    /// Where a multipart body holds its `model` field's value.
+    pub(super) multipart_model: Option<std::ops::Range<usize>>,
     /// Attempts per model, from the request's own snapshot.
     pub(super) max_attempts: u32,
     /// Counts this request on the current attempt's endpoint until the context is dropped,

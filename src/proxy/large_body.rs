@@ -20,6 +20,8 @@ pub(super) struct SubrequestRoute {
     /// The body the subrequest carries (it differs from the client's once rewritten; its
     /// deployment may rewrite it once more for its upstream id).
     pub body: bytes::Bytes,
+    /// Where a multipart body holds its `model` field's value.
+    pub multipart_model: Option<std::ops::Range<usize>>,
     /// Attempts per model, from the client request's snapshot.
     pub max_attempts: u32,
     pub attempts: Arc<Attempts>,

@@ -33,6 +33,7 @@ use crate::auth::Auth;
 use crate::balance::affinity_key;
 use crate::config::Config;
 use crate::error::{ErrorKind, Rendered};
+use crate::multipart;
 use crate::openai::{peek_request, with_include_usage, with_model, PeekError};
 use crate::request_id;
 use crate::routes::{Routes, SharedRoutes};
@@ -64,6 +65,8 @@ struct Routed {
     force_usage: bool,
     /// The request's affinity key, when its pool's policy wants one.
     affinity: Option<u64>,
+    /// Where a multipart body holds its `model` field's value.
+    multipart_model: Option<std::ops::Range<usize>>,
 }
 
 /// The gateway's proxy logic. What a reload can change comes with each routing snapshot
@@ -94,6 +97,7 @@ impl Gateway {
                     target: Target::Default(u),
                     force_usage: false,
                     affinity: None,
+                    multipart_model: None,
                 })
                 .ok_or_else(|| ErrorKind::NoHealthyEndpoint.err("no endpoint is reachable yet"))
         };
@@ -106,8 +110,19 @@ impl Gateway {
             }
             return default();
         }
-        if is_multipart(session) {
-            return default();
+        if let Some(content_type) = multipart_type(session) {
+            let field = crate::multipart::model_field(content_type, body)
+                .map_err(|why| ErrorKind::InvalidRequest.err(why))?;
+            let Some(range) = field else {
+                return default();
+            };
+            let model = String::from_utf8_lossy(&body[range.clone()])
+                .trim()
+                .to_string();
+            let fields = crate::openai::RequestFields::default();
+            let mut routed = self.model_target(session, routes, model, &fields, false)?;
+            routed.multipart_model = Some(range);
+            return Ok(routed);
         }
         let fields = match peek_request(body) {
             Ok(f) => f,
@@ -129,6 +144,18 @@ impl Gateway {
             }
             None => return default(),
         };
+        self.model_target(session, routes, model, &fields, force_usage)
+    }
+
+    /// The target of a request for `model`.
+    fn model_target(
+        &self,
+        session: &Session,
+        routes: &Routes,
+        model: String,
+        fields: &crate::openai::RequestFields<'_>,
+        force_usage: bool,
+    ) -> Result<Routed> {
         match routes.pool(&model) {
             Some(pool) => {
                 let affinity = pool.wants_affinity().then(|| {
@@ -138,7 +165,7 @@ impl Gateway {
                         .get(affinity_key::SESSION_HEADER);
                     affinity_key::key(
                         routes.settings.affinity_key,
-                        &fields,
+                        fields,
                         session_id.map(|v| v.as_bytes()),
                     )
                 });
@@ -149,6 +176,7 @@ impl Gateway {
                     },
                     force_usage,
                     affinity: affinity.flatten(),
+                    multipart_model: None,
                 })
             }
             None if !routes.ready => Err(ErrorKind::NoHealthyEndpoint
@@ -190,6 +218,7 @@ impl Gateway {
                 strip_usage: ctx.usage_forced,
                 affinity: ctx.affinity,
                 max_attempts: ctx.max_attempts,
+                multipart_model: ctx.multipart_model.clone(),
                 request_id: ctx.request_id.clone(),
                 started: ctx.started,
             };
@@ -295,7 +324,9 @@ impl Gateway {
             target,
             force_usage,
             affinity,
+            multipart_model,
         } = self.target(session, routes, &original)?;
+        ctx.multipart_model = multipart_model;
         if let Some(client) = client {
             let model = match &target {
                 Target::Model { model, .. } => Some(model.as_str()),
@@ -426,12 +457,14 @@ fn head_size(req: &RequestHeader) -> usize {
         + line
 }
 
-fn is_multipart(session: &Session) -> bool {
+/// The content type of a multipart request.
+fn multipart_type(session: &Session) -> Option<&[u8]> {
     session
         .req_header()
         .headers
         .get(http::header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"multipart/"))
+        .map(|v| v.as_bytes())
+        .filter(|v| v.starts_with(b"multipart/"))
 }
 
 /// The SSE event that ends a stream the upstream cut: `data: {"error": {...}}`, the shape both
@@ -485,6 +518,7 @@ impl ProxyHttp for Gateway {
             ctx.usage_forced = route.strip_usage;
             ctx.affinity = route.affinity;
             ctx.max_attempts = route.max_attempts;
+            ctx.multipart_model = route.multipart_model.clone();
             ctx.body = route.body.clone();
             let body_len = route.body.len();
             // Its request head is a copy of the client's as received: when the body was
@@ -518,7 +552,10 @@ impl ProxyHttp for Gateway {
                             // deployment may know it by another id.
                             ctx.attempt_body = d.upstream_model.as_ref().and_then(|id| {
                                 let body = ctx.body_override.as_ref().unwrap_or(&ctx.body);
-                                with_model(body, id)
+                                match &ctx.multipart_model {
+                                    Some(at) => Some(multipart::with_value(body, at.clone(), id)),
+                                    None => with_model(body, id),
+                                }
                             });
                             ctx.model_health = Some(d.health.clone());
                             break d.upstream.clone();
