@@ -987,6 +987,20 @@ endpoints:
     }
 
     #[test]
+    fn declared_models_and_aliases() {
+        let c = yaml(
+            "aliases: {gpt-4o: short}\nendpoints:\n  - url: http://a\n    discover: false\n    models:\n      - plain\n      - {id: org/long-id, name: short}\n",
+        )
+        .unwrap();
+        let ep = &c.endpoints[0];
+        assert!(!ep.discover);
+        assert_eq!(ep.public_name("org/long-id"), "short");
+        assert_eq!(ep.public_name("plain"), "plain");
+        assert_eq!(ep.public_name("other"), "other");
+        assert_eq!(c.aliases["gpt-4o"], "short");
+    }
+
+    #[test]
     fn yaml_without_endpoints_uses_env() {
         let c = Config::from_yaml(
             "timeout_secs: 3\n",
@@ -1112,6 +1126,20 @@ endpoints:
             ),
             ("fallbacks:\n  big: [big]", "itself"),
             ("fallbacks:\n  big: small", "fallbacks"),
+            (
+                "endpoints:\n  - url: http://a:1\n    discover: false",
+                "endpoints[0].discover",
+            ),
+            (
+                "endpoints:\n  - url: http://a:1\n    models: [m, m]",
+                "endpoints[0].models[1]",
+            ),
+            (
+                "endpoints:\n  - url: http://a:1\n    models: [{id: ''}]",
+                "endpoints[0].models[0]",
+            ),
+            ("aliases:\n  a: a", "aliases.\"a\""),
+            ("aliases:\n  a: b\n  b: c", "alias"),
         ] {
             let e = yaml(text).unwrap_err();
             assert!(e.contains(field), "{text:?}: {e}");
