@@ -320,7 +320,7 @@ mod tests {
         assert!(pool.same_members(&[b.clone(), a.clone()]));
         assert!(pool.reusable_for(&[b.clone(), a.clone()], PolicyName::RoundRobin));
         assert!(!pool.reusable_for(&[b.clone(), a.clone()], PolicyName::LeastOutstanding));
-        assert!(!pool.same_members(&[a.clone()]));
+        assert!(!pool.same_members(std::slice::from_ref(&a)));
         assert!(!pool.same_members(&[a.clone(), up(1, 3)]));
         assert!(
             !pool.same_members(&[a.clone(), up(1, 2)]),

@@ -114,14 +114,19 @@ async fn a_connect_failure_ejects_every_model_of_the_address_until_it_is_back() 
     assert_eq!(post_chat(&gw, "A", &[]).await.status, 200);
     mock.shutdown().await;
 
-    // A refused connect is the address's fault: it is out, with both its models.
-    let r = post_chat(&gw, "B", &[]).await;
-    assert!(r.status >= 500, "{}", r.text());
-    let ep = endpoint_named(&gw, "srv").await;
-    assert_eq!(ep["health"]["status"], "ejected", "{ep}");
+    // Refused connects are the address's fault (requests for B, then the probe): it is out,
+    // with both its models.
+    let ejected = || async {
+        let r = post_chat(&gw, "B", &[]).await;
+        assert!(r.status >= 500, "{}", r.text());
+        endpoint_named(&gw, "srv").await["health"]["status"] == "ejected"
+    };
+    assert!(poll_until(Duration::from_secs(3), ejected).await.is_some());
     for m in ["A", "B"] {
         let r = post_chat(&gw, m, &[]).await;
         assert_openai_error(&r, 503, "no_healthy_endpoint");
+        let d = deployment_health(&gw, "srv", m).await;
+        assert_eq!(d["status"], "healthy", "the models are not to blame: {d}");
     }
 
     // Back on the same address: served again within one probe interval (1 s).

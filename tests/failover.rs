@@ -57,8 +57,11 @@ fn served_by(r: &Resp) -> &str {
     r.header("x-ai-proxy-endpoint").unwrap_or("")
 }
 
+/// The health of the (one) model endpoint `name` serves: its deployment's, which a model's
+/// failures eject while the address stays in service.
 async fn health(gw: &Gateway, name: &str) -> Value {
-    endpoint_named(gw, name).await["health"].clone()
+    let ep = endpoint_named(gw, name).await;
+    ep["deployments"][0]["health"].clone()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -86,7 +89,11 @@ async fn upstream_503_fails_over_and_ejects_the_endpoint() {
     );
     let h = health(&gw, "bad").await;
     assert_eq!(h["status"], "ejected", "{h}");
-    assert_eq!(endpoint_named(&gw, "bad").await["healthy"], false);
+    let address = endpoint_named(&gw, "bad").await["health"].clone();
+    assert_eq!(
+        address["status"], "healthy",
+        "a 503 is the model's, not the address's"
+    );
     assert_eq!(health(&gw, "good").await["status"], "healthy");
 }
 
@@ -305,7 +312,10 @@ async fn a_killed_endpoint_loses_no_request_and_is_back_within_a_probe_interval(
     }
     assert_eq!(statuses.len(), 200);
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
-    assert_eq!(health(&gw, "dies").await["status"], "ejected");
+    assert_eq!(
+        endpoint_named(&gw, "dies").await["health"]["status"],
+        "ejected"
+    );
 
     // It comes back on the same address: within one probe interval (1 s, plus a request to
     // serve as its trial) it serves again.

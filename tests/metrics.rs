@@ -85,7 +85,7 @@ async fn a_failover_counts_both_attempts_and_the_failure() {
         2.0
     );
     assert_eq!(
-        d("ai_proxy_upstream_failures_total{endpoint=\"bad\",model=\"shared\",reason=\"503\"}"),
+        d("ai_proxy_upstream_failures_total{endpoint=\"bad\",model=\"m\",reason=\"503\"}"),
         on_bad
     );
     assert_eq!(d("ai_proxy_time_to_first_byte_seconds_count"), 2.0);

@@ -177,25 +177,6 @@ impl RequestCtx {
         }
     }
 
-    /// Nothing listens at the current attempt's address: it is out at once, with every model
-    /// there (the active probe brings it back within one interval once it listens again).
-    pub(super) fn refused_address(&self) {
-        if let Some(u) = &self.current {
-            if let Some(m) = crate::metrics::get() {
-                m.upstream_failures
-                    .with_label_values(&[u.endpoint.name.as_str(), "", "ConnectRefused"])
-                    .inc();
-            }
-            if let Some(cooldown) = u.endpoint.health.eject() {
-                log::warn!(
-                    "health: {} ejected for {:.1} s (connection refused)",
-                    u.endpoint.name,
-                    cooldown.as_secs_f64()
-                );
-            }
-        }
-    }
-
     /// Count a fault of the current attempt's model (429, 5xx, first-byte timeout, an OCF
     /// error) against its deployment only: the address's other models keep serving. A request
     /// without a model has no deployment, and its faults are the address's.

@@ -592,11 +592,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        if e.etype() == &ErrorType::ConnectRefused {
-            ctx.refused_address();
-        } else {
-            ctx.blame_address(e.etype().as_str());
-        }
+        ctx.blame_address(e.etype().as_str());
         if ctx.has_untried(ctx.max_attempts) {
             log::warn!(
                 "connect to {peer} failed ({}); trying another endpoint for model {}",
