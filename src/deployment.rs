@@ -15,8 +15,8 @@ pub struct Deployment {
     /// This model's health on this upstream. Held by discovery across rounds while the model
     /// stays served there, so ejections survive new snapshots.
     pub health: Arc<Health>,
-    /// The id the upstream knows the model by, when it is not the public name: the body's
-    /// `model` is rewritten to it.
+    /// The id the upstream knows the model by: a body that names the model otherwise (a
+    /// public name, an alias) is rewritten to it.
     pub upstream_model: Option<Arc<str>>,
 }
 

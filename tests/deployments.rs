@@ -152,7 +152,7 @@ async fn declared_models_public_names_and_aliases() {
     let extra = format!(
         "    models:\n      - unlisted\n      - {{id: org/listed-model-v1, name: short}}\n\
          \x20 - url: {}\n    name: silent\n    discover: false\n    models:\n      - {{id: org/long-upstream-id, name: long}}\n\
-         aliases: {{gpt-4o: short, l: long}}\n",
+         aliases: {{gpt-4o: short, l: long, u: unlisted}}\n",
         silent.url()
     );
     let gw = gateway(&listed, 60, &extra).await;
@@ -160,7 +160,7 @@ async fn declared_models_public_names_and_aliases() {
 
     let mut ids = model_ids(&gw).await;
     ids.sort();
-    assert_eq!(ids, ["gpt-4o", "l", "long", "short", "unlisted"]);
+    assert_eq!(ids, ["gpt-4o", "l", "long", "short", "u", "unlisted"]);
 
     // A model the server does not list is routed once declared, under its own id.
     let r = post_chat(&gw, "unlisted", &[]).await;
@@ -176,6 +176,7 @@ async fn declared_models_public_names_and_aliases() {
         ("gpt-4o", &listed, "org/listed-model-v1"),
         ("long", &silent, "org/long-upstream-id"),
         ("l", &silent, "org/long-upstream-id"),
+        ("u", &listed, "unlisted"),
     ] {
         for kib in [1, 200] {
             let body = serde_json::json!({

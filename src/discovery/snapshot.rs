@@ -45,7 +45,7 @@ pub fn build_routes(
             members.entry(m.name).or_default().push(Deployment {
                 upstream: upstream.clone(),
                 health: health.clone(),
-                upstream_model: (m.id != m.name).then(|| Arc::from(m.id)),
+                upstream_model: Some(Arc::from(m.id)),
             });
             entries.entry(m.name).or_insert_with(|| ModelEntry {
                 id: m.name.to_string(),

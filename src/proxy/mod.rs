@@ -550,7 +550,8 @@ impl ProxyHttp for Gateway {
                         if let Some(d) = pool.select(&ctx.tried, ctx.affinity) {
                             // The body names the model as the client (or a fallback) does; this
                             // deployment may know it by another id.
-                            ctx.attempt_body = d.upstream_model.as_ref().and_then(|id| {
+                            let renamed = d.upstream_model.as_ref().filter(|id| ***id != **model);
+                            ctx.attempt_body = renamed.and_then(|id| {
                                 let body = ctx.body_override.as_ref().unwrap_or(&ctx.body);
                                 match &ctx.multipart_model {
                                     Some(at) => Some(multipart::with_value(body, at.clone(), id)),
