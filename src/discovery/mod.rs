@@ -302,15 +302,7 @@ impl EndpointState {
         self.last_attempt = Some(now);
         match result {
             Ok((upstream, models)) => {
-                if self.status != PollStatus::Ok || self.models != models {
-                    let ids: Vec<&str> = models.iter().map(|m| m.id.as_str()).collect();
-                    log::info!(
-                        "discovery: {} serves {} model(s): {}",
-                        self.endpoint.name,
-                        ids.len(),
-                        ids.join(", ")
-                    );
-                }
+                let changed = self.status != PollStatus::Ok || self.models != models;
                 // A good poll is a free active probe: an ejected endpoint gets its trial now.
                 self.endpoint.health.probe_succeeded();
                 self.upstream = Some(upstream);
@@ -319,6 +311,16 @@ impl EndpointState {
                 self.last_success = Some(now);
                 self.consecutive_failures = 0;
                 self.sync_deployments();
+                if changed {
+                    let served = self.served();
+                    let names: Vec<&str> = served.iter().map(|m| m.name).collect();
+                    log::info!(
+                        "discovery: {} serves {} model(s): {}",
+                        self.endpoint.name,
+                        names.len(),
+                        names.join(", ")
+                    );
+                }
             }
             Err((upstream, GetError { answered, why })) => {
                 if self.consecutive_failures == 0 {
