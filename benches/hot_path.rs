@@ -6,9 +6,8 @@
 use std::sync::Arc;
 
 use ai_proxy::balance::{Balancing, PolicyName};
-use ai_proxy::deployment::Deployment;
+use ai_proxy::deployment::{Deployment, DeploymentState};
 use ai_proxy::endpoint::{ApiKey, Endpoint, EndpointKind};
-use ai_proxy::health::Health;
 use ai_proxy::openai::peek_model;
 use ai_proxy::routes::Pool;
 use ai_proxy::upstream::Upstream;
@@ -49,13 +48,9 @@ fn bench_select(c: &mut Criterion) {
             )
             .unwrap();
             Deployment {
-                upstream: Arc::new(Upstream::new(
-                    Arc::new(ep),
-                    i,
-                    ([127, 0, 0, 1], port).into(),
-                )),
-                health: Arc::new(Health::default()),
-                upstream_model: None,
+                upstream: Arc::new(Upstream::new(Arc::new(ep), ([127, 0, 0, 1], port).into())),
+                state: Arc::new(DeploymentState::new(Default::default())),
+                upstream_model: Arc::from("m"),
             }
         })
         .collect();

@@ -1,35 +1,67 @@
 //! A deployment: one model on one server at one address, served under a public name. The unit
 //! of balancing and of model health: one model's 429s or 5xx take out only its deployment,
 //! while what belongs to the address (connect failures, resets, a failed probe) stays on the
-//! endpoint's health and takes out every deployment there.
+//! upstream's health and takes out every deployment there.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use crate::health::Health;
-use crate::upstream::Upstream;
+use crate::health::{Health, HealthPolicy};
+use crate::upstream::{InFlight, Upstream};
+
+/// What a deployment keeps across routing snapshots: held by discovery while the model stays
+/// served at that address, so an ejection and the load outlive the snapshot they began in.
+#[derive(Debug)]
+pub struct DeploymentState {
+    /// This model's health at this address.
+    pub health: Health,
+    /// Requests for this model in flight at this address (see [`InFlight`]).
+    pub(crate) in_flight: AtomicUsize,
+}
+
+impl DeploymentState {
+    pub fn new(policy: HealthPolicy) -> Self {
+        DeploymentState {
+            health: Health::new(policy),
+            in_flight: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+}
 
 /// A model served at an upstream address.
 #[derive(Debug, Clone)]
 pub struct Deployment {
     pub upstream: Arc<Upstream>,
-    /// This model's health on this upstream. Held by discovery across rounds while the model
-    /// stays served there, so ejections survive new snapshots.
-    pub health: Arc<Health>,
+    pub state: Arc<DeploymentState>,
     /// The id the upstream knows the model by: a body that names the model otherwise (a
     /// public name, an alias) is rewritten to it.
-    pub upstream_model: Option<Arc<str>>,
+    pub upstream_model: Arc<str>,
 }
 
 impl Deployment {
     /// Whether a request may go here now without claiming a trial: the address and the model
     /// both in service.
     pub fn may_admit(&self) -> bool {
-        self.upstream.endpoint.health.may_admit() && self.health.may_admit()
+        self.upstream.health.may_admit() && self.state.health.may_admit()
     }
 
     /// Claim a place for a request: the address first (its trial, after a cooldown), then
     /// the model's.
     pub fn admits(&self) -> bool {
-        self.upstream.endpoint.health.admits() && self.health.admits()
+        self.upstream.health.admits() && self.state.health.admits()
+    }
+
+    /// Requests for this model in flight at this address: what the balancing policies weigh.
+    pub fn in_flight(&self) -> usize {
+        self.state.in_flight()
+    }
+
+    /// Count a request as in flight here until the guard is dropped.
+    pub fn start_request(&self) -> InFlight {
+        self.upstream.start_request(Some(&self.state))
     }
 }

@@ -1,7 +1,6 @@
 //! An upstream model server as configured: where it is, how to talk to it, how paths map.
 
 use std::fmt;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,7 +9,7 @@ use pingora::http::RequestHeader;
 use pingora::protocols::tls::CaType;
 use serde::Deserialize;
 
-use crate::health::{Health, HealthPolicy};
+use crate::health::HealthPolicy;
 
 /// The protocol an endpoint speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -74,10 +73,8 @@ pub struct Endpoint {
     pub authorization: Option<HeaderValue>,
     /// Trusted CAs for this endpoint in place of the system roots (`ca_file`).
     pub ca: Option<Arc<CaType>>,
-    /// Requests sent to this endpoint whose response has not ended yet (see [`InFlight`]).
-    in_flight: AtomicUsize,
-    /// Passive health, shared by every model the endpoint serves.
-    pub health: Health,
+    /// How the health of its addresses and deployments is judged (`health:`).
+    pub health_policy: HealthPolicy,
     pub timeouts: Timeouts,
     /// `x-ai-proxy-endpoint` on responses it served (`None` if the name is no header value).
     pub name_header: Option<HeaderValue>,
@@ -109,18 +106,6 @@ impl fmt::Debug for Endpoint {
             .field("has_key", &self.authorization.is_some())
             .field("has_ca", &self.ca.is_some())
             .finish()
-    }
-}
-
-/// One request in flight to an endpoint. Held by the request's context, so it lasts until the
-/// response truly ends (last byte, error or client disconnect), and a retry's new guard
-/// replaces the failed attempt's. Counting by drop keeps the count exact and never negative.
-#[derive(Debug)]
-pub struct InFlight(Arc<Endpoint>);
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -271,8 +256,7 @@ impl Endpoint {
             base_path: parts.base_path,
             authorization: api_key.map(|k| k.0),
             ca,
-            in_flight: AtomicUsize::new(0),
-            health: Health::default(),
+            health_policy: HealthPolicy::default(),
             timeouts: Timeouts::default(),
         })
     }
@@ -306,7 +290,7 @@ impl Endpoint {
 
     /// Judge this endpoint's health by `policy` (the default policy otherwise).
     pub fn with_health(mut self, policy: HealthPolicy) -> Self {
-        self.health = Health::new(policy);
+        self.health_policy = policy;
         self
     }
 
@@ -330,7 +314,7 @@ impl Endpoint {
             && self.weight == other.weight
             && self.declared == other.declared
             && self.discover == other.discover
-            && self.health.policy() == other.health.policy()
+            && self.health_policy == other.health_policy
             && certs(&self.ca) == certs(&other.ca)
     }
 
@@ -346,17 +330,6 @@ impl Endpoint {
         p.push_str(prefix);
         p.push_str(client_path);
         p
-    }
-
-    /// Requests in flight to this endpoint right now.
-    pub fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::Relaxed)
-    }
-
-    /// Count a request as in flight to this endpoint until the returned guard is dropped.
-    pub fn start_request(self: &Arc<Self>) -> InFlight {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight(self.clone())
     }
 
     /// Whether the client path needs rewriting at all (the common case does not).
@@ -512,18 +485,6 @@ mod tests {
         plain.rewrite_request(&mut req).unwrap();
         assert!(req.headers.get("authorization").is_none());
         assert_eq!(req.uri.path(), "/v1/embeddings");
-    }
-
-    #[test]
-    fn in_flight_counts_live_guards() {
-        let ep = Arc::new(ep("http://h:1", EndpointKind::Openai));
-        let a = ep.start_request();
-        let b = ep.start_request();
-        assert_eq!(ep.in_flight(), 2);
-        drop(a);
-        assert_eq!(ep.in_flight(), 1);
-        drop(b);
-        assert_eq!(ep.in_flight(), 0);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use http::HeaderValue;
 
 use crate::balance::{self, Balancing, Policy, PolicyName};
 use crate::config::RequestSettings;
-use crate::deployment::Deployment;
+use crate::deployment::{Deployment, DeploymentState};
 use crate::endpoint::Endpoint;
 use crate::health::{Health, Status};
 use crate::metrics::RouteCounters;
@@ -24,16 +24,14 @@ pub struct Pool {
     pub model_header: Option<HeaderValue>,
     policy_name: PolicyName,
     policy: Box<dyn Policy>,
-    /// Sorted by endpoint id; addresses are unique within a pool.
-    members: Vec<Arc<Upstream>>,
-    /// The deployment of each member (its model health, its upstream id), in the same order.
+    /// Sorted by upstream id; addresses are unique within a pool.
     deployments: Vec<Deployment>,
-    /// Each member's metrics for this model (when metrics are on), in the members' order.
+    /// Each deployment's metrics (when metrics are on), in the same order.
     counters: Vec<RouteCounters>,
 }
 
 impl Pool {
-    /// A pool of upstreams; ones whose address repeats an earlier member's are dropped (the
+    /// A pool of deployments; ones whose address repeats an earlier one's are dropped (the
     /// balancer identifies members by address).
     pub fn new(model: &str, mut deployments: Vec<Deployment>, balancing: &Balancing) -> Pool {
         let policy_name = balancing.policy_for(model);
@@ -51,28 +49,32 @@ impl Pool {
             }
             unique
         });
-        let members: Vec<Arc<Upstream>> = deployments.iter().map(|d| d.upstream.clone()).collect();
-        let policy = balance::build(policy_name, &members, balancing);
+        let policy = balance::build(policy_name, &deployments, balancing);
         let counters = crate::metrics::get().map_or_else(Vec::new, |m| {
-            members
+            deployments
                 .iter()
-                .map(|u| m.route(model, &u.endpoint.name))
+                .map(|d| m.route(model, &d.upstream.endpoint.name))
                 .collect()
         });
         Pool {
             model_header: HeaderValue::from_str(model).ok(),
             policy_name,
             policy,
-            members,
             deployments,
             counters,
         }
     }
 
-    /// The metrics of this model on the member with endpoint id `id`.
+    /// The position of the deployment at upstream `id`.
+    fn position(&self, id: usize) -> Option<usize> {
+        self.deployments
+            .binary_search_by_key(&id, |d| d.upstream.id)
+            .ok()
+    }
+
+    /// The metrics of this model at upstream `id`.
     pub fn counters(&self, id: usize) -> Option<&RouteCounters> {
-        let at = self.members.binary_search_by_key(&id, |u| u.id).ok()?;
-        self.counters.get(at)
+        self.counters.get(self.position(id)?)
     }
 
     /// Whether this pool has exactly these members (endpoint and address) and this policy, so
@@ -82,30 +84,29 @@ impl Pool {
     }
 
     fn same_members(&self, other: &[Deployment]) -> bool {
-        let key = |d: &Deployment| (d.upstream.id, d.upstream.addr, Arc::as_ptr(&d.health));
+        let key = |d: &Deployment| (d.upstream.id, d.upstream.addr, Arc::as_ptr(&d.state));
         let mut theirs: Vec<_> = other.iter().map(key).collect();
         theirs.sort_unstable();
         theirs.dedup_by_key(|(_, a, _)| *a);
         theirs.len() == self.deployments.len()
-            && theirs
-                .iter()
-                .zip(&self.deployments)
-                .all(|(t, d)| *t == key(d) && d.upstream_model == upstream_model_of(other, t.0))
+            && theirs.iter().zip(&self.deployments).all(|(t, d)| {
+                *t == key(d) && Some(&d.upstream_model) == upstream_model_of(other, t.0)
+            })
     }
 
-    /// The upstream the policy picks, skipping endpoints already tried for this request and
-    /// endpoints out of service (ejected, or held by a `Retry-After`). May claim an endpoint's
-    /// post-cooldown trial, so call it only to send a request.
+    /// The deployment the policy picks, skipping upstreams already tried for this request and
+    /// deployments out of service (ejected, or held by a `Retry-After`, at the address or for
+    /// the model). May claim a post-cooldown trial, so call it only to send a request.
     pub fn select(&self, tried: &[usize], affinity: Option<u64>) -> Option<&Deployment> {
         // Members whose trial another request claimed between the pick and the claim.
         let mut claimed_elsewhere: Vec<usize> = Vec::new();
         // Bounded: each turn either returns or rules one more member out.
-        for _ in 0..=self.members.len() {
+        for _ in 0..=self.deployments.len() {
             let usable = |i: usize| {
                 let d = &self.deployments[i];
                 !tried.contains(&d.upstream.id) && d.may_admit() && !claimed_elsewhere.contains(&i)
             };
-            let i = self.policy.pick(&self.members, affinity, &usable)?;
+            let i = self.policy.pick(&self.deployments, affinity, &usable)?;
             if self.deployments[i].admits() {
                 return Some(&self.deployments[i]);
             }
@@ -119,9 +120,9 @@ impl Pool {
         self.policy.wants_affinity()
     }
 
-    /// The member with endpoint id `id` answered with its response head after `ttfb`.
+    /// The deployment at upstream `id` answered with its response head after `ttfb`.
     pub fn observe_ttfb(&self, id: usize, ttfb: std::time::Duration) {
-        if let Ok(at) = self.members.binary_search_by_key(&id, |u| u.id) {
+        if let Some(at) = self.position(id) {
             self.policy.observe(at, ttfb);
         }
     }
@@ -133,26 +134,26 @@ impl Pool {
             .any(|d| !tried.contains(&d.upstream.id) && d.may_admit())
     }
 
-    /// The deployments of this pool, sorted by endpoint id.
+    /// The deployments of this pool, sorted by upstream id.
     pub fn deployments(&self) -> &[Deployment] {
         &self.deployments
     }
 
     pub fn len(&self) -> usize {
-        self.members.len()
+        self.deployments.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.members.is_empty()
+        self.deployments.is_empty()
     }
 }
 
-/// The upstream id `other`'s deployment on endpoint `id` is sent.
-fn upstream_model_of(other: &[Deployment], id: usize) -> Option<Arc<str>> {
+/// The upstream id `other`'s deployment at upstream `id` is sent.
+fn upstream_model_of(other: &[Deployment], id: usize) -> Option<&Arc<str>> {
     other
         .iter()
         .find(|d| d.upstream.id == id)
-        .and_then(|d| d.upstream_model.clone())
+        .map(|d| &d.upstream_model)
 }
 
 /// One published routing state.
@@ -175,41 +176,11 @@ pub struct Routes {
 }
 
 impl Routes {
-    /// `GET /v1/endpoints`: the discovery views with each endpoint's requests in flight now.
+    /// `GET /v1/endpoints`: the discovery views with each address's and deployment's health
+    /// and requests in flight now.
     pub fn endpoints_json(&self) -> Bytes {
-        let data: Vec<serde_json::Value> = self
-            .endpoint_views
-            .iter()
-            .map(
-                |EndpointView {
-                     endpoint: ep,
-                     view,
-                     deployments,
-                 }| {
-                    let mut view = view.clone();
-                    let deployments: Vec<serde_json::Value> = deployments
-                        .iter()
-                        .map(|d| {
-                            serde_json::json!({
-                                "model": d.model,
-                                "upstream_model": d.upstream_model,
-                                "health": health_json(&d.health),
-                            })
-                        })
-                        .collect();
-                    view.insert("deployments".into(), deployments.into());
-                    view.insert("in_flight".into(), ep.in_flight().into());
-                    let health = ep.health.status();
-                    let discovered = view.get("healthy").and_then(|v| v.as_bool());
-                    view.insert(
-                        "healthy".into(),
-                        (discovered.unwrap_or(false) && health == Status::Healthy).into(),
-                    );
-                    view.insert("health".into(), health_json(&ep.health));
-                    serde_json::Value::Object(view)
-                },
-            )
-            .collect();
+        let data: Vec<serde_json::Value> =
+            self.endpoint_views.iter().map(EndpointView::json).collect();
         Bytes::from(serde_json::to_vec(&List::new(data)).expect("plain data serializes"))
     }
 
@@ -242,19 +213,113 @@ fn health_json(h: &Health) -> serde_json::Value {
     })
 }
 
-/// One endpoint of `/v1/endpoints` as of the last discovery round, with the health of its
-/// address and of each of its deployments, read live when the listing is served.
+/// One `/v1/endpoints` entry: what discovery saw, and the endpoint's members, whose health
+/// and load are read live when the listing is served.
 pub struct EndpointView {
     pub endpoint: Arc<Endpoint>,
+    /// The endpoint's own fields (name, url, models, discovery status) as of the last round.
     pub view: serde_json::Map<String, serde_json::Value>,
+    /// One per address, sorted by address.
+    pub members: Vec<MemberView>,
+}
+
+/// One address of an endpoint as of the last round.
+pub struct MemberView {
+    pub upstream: Arc<Upstream>,
+    /// Its latest poll succeeded.
+    pub polled_ok: bool,
+    /// Its discovery status.
+    pub discovery: serde_json::Value,
     pub deployments: Vec<DeploymentView>,
 }
 
-/// A model the endpoint serves, and its health there.
+/// A model served at an address, and its state there.
 pub struct DeploymentView {
     pub model: String,
     pub upstream_model: String,
-    pub health: Arc<Health>,
+    pub state: Arc<DeploymentState>,
+}
+
+impl MemberView {
+    /// Polled and in service at the address (a model may still be out on its own).
+    pub fn healthy(&self) -> bool {
+        self.polled_ok && self.upstream.health.status() == Status::Healthy
+    }
+
+    fn json(&self) -> serde_json::Value {
+        let u = &self.upstream;
+        serde_json::json!({
+            "address": u.addr.to_string(),
+            "healthy": self.healthy(),
+            "health": health_json(&u.health),
+            "in_flight": u.in_flight(),
+            "discovery": self.discovery,
+            "deployments": self.deployments.iter().map(DeploymentView::json).collect::<Vec<_>>(),
+        })
+    }
+}
+
+impl DeploymentView {
+    fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "model": self.model,
+            "upstream_model": self.upstream_model,
+            "health": health_json(&self.state.health),
+            "in_flight": self.state.in_flight(),
+        })
+    }
+}
+
+impl EndpointView {
+    /// Some member is polled and in service.
+    pub fn healthy(&self) -> bool {
+        self.members.iter().any(MemberView::healthy)
+    }
+
+    /// The endpoint's entry. For one address, its `address`, `health` and `deployments` are
+    /// that address's; for a fleet, `address` and `health` are those of its first member in
+    /// service (or its first), `deployments` are every member's and `in_flight` their sum.
+    fn json(&self) -> serde_json::Value {
+        let mut view = self.view.clone();
+        let shown = self
+            .members
+            .iter()
+            .find(|m| m.healthy())
+            .or(self.members.first());
+        let deployments: Vec<serde_json::Value> = self
+            .members
+            .iter()
+            .flat_map(|m| {
+                m.deployments.iter().map(|d| {
+                    let mut v = d.json();
+                    v["address"] = m.upstream.addr.to_string().into();
+                    v
+                })
+            })
+            .collect();
+        let in_flight: usize = self.members.iter().map(|m| m.upstream.in_flight()).sum();
+        let polled = view.get("healthy").and_then(|v| v.as_bool()) == Some(true);
+        view.insert("healthy".into(), (polled && self.healthy()).into());
+        view.insert(
+            "address".into(),
+            shown.map(|m| m.upstream.addr.to_string()).into(),
+        );
+        view.insert(
+            "health".into(),
+            shown.map_or(serde_json::Value::Null, |m| health_json(&m.upstream.health)),
+        );
+        view.insert("in_flight".into(), in_flight.into());
+        view.insert("deployments".into(), deployments.into());
+        view.insert(
+            "members".into(),
+            self.members
+                .iter()
+                .map(MemberView::json)
+                .collect::<Vec<_>>()
+                .into(),
+        );
+        serde_json::Value::Object(view)
+    }
 }
 
 /// The shared handle: discovery stores, requests load.
@@ -274,7 +339,8 @@ mod tests {
     use super::*;
     use crate::endpoint::{Endpoint, EndpointKind};
 
-    fn up(index: usize, port: u16) -> Deployment {
+    /// A deployment of model `m` at 127.0.0.1:`port` (upstream ids ascend with each call).
+    fn up(port: u16) -> Deployment {
         let ep = Arc::new(
             Endpoint::new(
                 &format!("http://127.0.0.1:{port}"),
@@ -286,9 +352,9 @@ mod tests {
             .unwrap(),
         );
         Deployment {
-            upstream: Arc::new(Upstream::new(ep, index, ([127, 0, 0, 1], port).into())),
-            health: Arc::new(crate::health::Health::default()),
-            upstream_model: None,
+            upstream: Arc::new(Upstream::new(ep, ([127, 0, 0, 1], port).into())),
+            state: Arc::new(DeploymentState::new(Default::default())),
+            upstream_model: Arc::from("m"),
         }
     }
 
@@ -301,39 +367,47 @@ mod tests {
 
     #[test]
     fn round_robin_spreads_and_skips_tried() {
-        let pool = Pool::new("m", vec![up(1, 2), up(0, 1)], &round_robin());
+        let (a, b) = (up(1), up(2));
+        let (ia, ib) = (a.upstream.id, b.upstream.id);
+        let pool = Pool::new("m", vec![b, a], &round_robin());
         let mut counts = [0; 2];
         for _ in 0..10 {
-            counts[pool.select(&[], None).unwrap().upstream.id] += 1;
+            counts[usize::from(pool.select(&[], None).unwrap().upstream.id == ib)] += 1;
         }
         assert_eq!(counts, [5, 5]);
         for _ in 0..4 {
-            assert_eq!(pool.select(&[0], None).unwrap().upstream.id, 1);
+            assert_eq!(pool.select(&[ia], None).unwrap().upstream.id, ib);
         }
-        assert!(pool.select(&[0, 1], None).is_none());
+        assert!(pool.select(&[ia, ib], None).is_none());
     }
 
     #[test]
     fn membership_comparison() {
-        let (a, b) = (up(0, 1), up(1, 2));
+        let (a, b) = (up(1), up(2));
         let pool = Pool::new("m", vec![a.clone(), b.clone()], &round_robin());
         assert!(pool.same_members(&[b.clone(), a.clone()]));
         assert!(pool.reusable_for(&[b.clone(), a.clone()], PolicyName::RoundRobin));
         assert!(!pool.reusable_for(&[b.clone(), a.clone()], PolicyName::LeastOutstanding));
         assert!(!pool.same_members(std::slice::from_ref(&a)));
-        assert!(!pool.same_members(&[a.clone(), up(1, 3)]));
+        assert!(!pool.same_members(&[a.clone(), up(3)]));
         assert!(
-            !pool.same_members(&[a.clone(), up(1, 2)]),
-            "another deployment (health) on the same address"
+            !pool.same_members(&[
+                a.clone(),
+                Deployment {
+                    state: Arc::new(DeploymentState::new(Default::default())),
+                    ..b.clone()
+                }
+            ]),
+            "another deployment (state) on the same upstream"
         );
         let mut renamed = b.clone();
-        renamed.upstream_model = Some("org/m".into());
+        renamed.upstream_model = "org/m".into();
         assert!(!pool.same_members(&[a, renamed]), "another upstream id");
     }
 
     #[test]
     fn duplicate_addresses_collapse() {
-        let (a, b) = (up(0, 1), up(1, 1));
+        let (a, b) = (up(1), up(1));
         let pool = Pool::new("m", vec![a.clone(), b.clone()], &round_robin());
         assert_eq!(pool.len(), 1);
         assert!(pool.same_members(&[a, b]));
@@ -341,21 +415,21 @@ mod tests {
 
     #[test]
     fn a_models_ejection_leaves_the_address_to_other_models() {
-        let a = up(0, 1);
+        let a = up(1);
         let other_model = Deployment {
-            health: Arc::new(crate::health::Health::default()),
+            state: Arc::new(DeploymentState::new(Default::default())),
             ..a.clone()
         };
         let pool_a = Pool::new("a", vec![a.clone()], &round_robin());
         let pool_b = Pool::new("b", vec![other_model], &round_robin());
-        a.health.eject();
+        a.state.health.eject();
         assert!(pool_a.select(&[], None).is_none());
         assert!(!pool_a.has_candidate(&[]));
         assert!(
             pool_b.select(&[], None).is_some(),
             "same address, other model"
         );
-        a.upstream.endpoint.health.eject();
+        a.upstream.health.eject();
         assert!(pool_b.select(&[], None).is_none(), "the address is out");
     }
 }

@@ -1,26 +1,39 @@
-//! An endpoint at a resolved address: what a pool member and a discovery poll connect to.
+//! An endpoint at one resolved address: what a pool member and a discovery poll connect to,
+//! and what address faults (refused or timed-out connects, resets, failed probes) count
+//! against. A host that resolves to several addresses (a fleet) has one upstream per address.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use pingora::upstreams::peer::HttpPeer;
 
+use crate::deployment::DeploymentState;
 use crate::endpoint::Endpoint;
+use crate::health::Health;
 
 /// How long a pooled upstream connection may sit idle. Below the 5 s keep-alive of uvicorn
 /// (vLLM, SGLang) so the gateway drops a connection before the server does, not while
 /// sending a request on it.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 
+/// Hands out upstream ids: never the same one twice in a process, so no pool, request or
+/// counter confuses an upstream with one that replaced it.
+static NEXT_ID: AtomicUsize = AtomicUsize::new(0);
+
 /// An endpoint reachable at one address (its host resolved by discovery).
 #[derive(Debug)]
 pub struct Upstream {
     pub endpoint: Arc<Endpoint>,
-    /// The endpoint's id: unique in the process, kept across discovery rounds and reloads
-    /// while the endpoint's definition stays the same.
+    /// Unique in the process; kept across discovery rounds and reloads while the endpoint's
+    /// definition and this address stay.
     pub id: usize,
     pub addr: SocketAddr,
+    /// Passive health of the address, shared by every model served there.
+    pub health: Health,
+    /// Requests sent here whose response has not ended yet (see [`InFlight`]).
+    in_flight: AtomicUsize,
     /// Built once; the request path clones it instead of rebuilding options per request.
     peer: HttpPeer,
     /// `ai_proxy_upstream_attempts_total` of the endpoint (when metrics are on).
@@ -28,7 +41,7 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    pub fn new(endpoint: Arc<Endpoint>, id: usize, addr: SocketAddr) -> Self {
+    pub fn new(endpoint: Arc<Endpoint>, addr: SocketAddr) -> Self {
         let t = endpoint.timeouts;
         let sni = if endpoint.tls {
             endpoint.host.clone()
@@ -47,8 +60,10 @@ impl Upstream {
         o.ca = endpoint.ca.clone();
         let attempts = crate::metrics::get().map(|m| m.attempts(&endpoint.name));
         Upstream {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            health: Health::new(endpoint.health_policy),
+            in_flight: AtomicUsize::new(0),
             endpoint,
-            id,
             addr,
             peer,
             attempts,
@@ -65,5 +80,62 @@ impl Upstream {
     /// A peer to connect to this upstream.
     pub fn peer(&self) -> HttpPeer {
         self.peer.clone()
+    }
+
+    /// Requests in flight to this address right now, for every model.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Count a request as in flight here (and on `deployment`, the model it is for) until
+    /// the returned guard is dropped.
+    pub fn start_request(self: &Arc<Self>, deployment: Option<&Arc<DeploymentState>>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        if let Some(d) = deployment {
+            d.in_flight.fetch_add(1, Ordering::Relaxed);
+        }
+        InFlight {
+            upstream: self.clone(),
+            deployment: deployment.cloned(),
+        }
+    }
+}
+
+/// One request in flight to an upstream (and its deployment). Held by the request's context,
+/// so it lasts until the response truly ends (last byte, error or client disconnect), and a
+/// retry's new guard replaces the failed attempt's. Counting by drop keeps the counts exact
+/// and never negative.
+#[derive(Debug)]
+pub struct InFlight {
+    upstream: Arc<Upstream>,
+    deployment: Option<Arc<DeploymentState>>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.upstream.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if let Some(d) = &self.deployment {
+            d.in_flight.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::endpoint::EndpointKind;
+
+    #[test]
+    fn in_flight_counts_live_guards_per_address_and_deployment() {
+        let ep = Endpoint::new("http://h:1", EndpointKind::Openai, None, None, None).unwrap();
+        let u = Arc::new(Upstream::new(Arc::new(ep), ([127, 0, 0, 1], 1).into()));
+        let d = Arc::new(DeploymentState::new(Default::default()));
+        let a = u.start_request(Some(&d));
+        let b = u.start_request(None);
+        assert_eq!((u.in_flight(), d.in_flight()), (2, 1));
+        drop(a);
+        assert_eq!((u.in_flight(), d.in_flight()), (1, 0));
+        drop(b);
+        assert_eq!(u.in_flight(), 0);
     }
 }

@@ -10,12 +10,11 @@
 //! being judged by its past forever.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::least_outstanding::cheaper_of_two;
 use super::Policy;
-use crate::upstream::Upstream;
+use crate::deployment::Deployment;
 
 /// Weight of a new measurement in the average.
 const ALPHA: f64 = 0.3;
@@ -98,11 +97,11 @@ impl Latency {
 impl Policy for Latency {
     fn pick(
         &self,
-        members: &[Arc<Upstream>],
+        members: &[Deployment],
         _affinity: Option<u64>,
         usable: &dyn Fn(usize) -> bool,
     ) -> Option<usize> {
-        let in_flight = |m: usize| members[m].endpoint.in_flight();
+        let in_flight = |m: usize| members[m].in_flight();
         let n = members.len().min(self.average.len());
         self.pick_at(n, usable, &in_flight, Instant::now())
     }

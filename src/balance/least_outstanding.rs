@@ -1,27 +1,25 @@
 //! `least_outstanding`: the power of two choices. Two usable members are drawn at random and
 //! the one with fewer requests in flight takes the request (a tie goes to either, at random).
-//! In flight means until the response truly ends, streams included, and counts the endpoint's
-//! requests for every model it serves: its load is what makes it slow. Two random choices
+//! In flight means until the response truly ends, streams included, and counts the requests
+//! of the deployment (this model at that address): behind one address an OCF head or a hosted
+//! API serves each model on other machines, so another model's load says nothing about this
+//! one's. Two random choices
 //! rather than the global minimum: no scan, and no herd of requests all sent to the one
 //! endpoint that looked idlest a moment ago.
 
-use std::sync::Arc;
-
 use super::Policy;
-use crate::upstream::Upstream;
+use crate::deployment::Deployment;
 
 pub struct LeastOutstanding;
 
 impl Policy for LeastOutstanding {
     fn pick(
         &self,
-        members: &[Arc<Upstream>],
+        members: &[Deployment],
         _affinity: Option<u64>,
         usable: &dyn Fn(usize) -> bool,
     ) -> Option<usize> {
-        cheaper_of_two(members.len(), usable, |m| {
-            members[m].endpoint.in_flight() as f64
-        })
+        cheaper_of_two(members.len(), usable, |m| members[m].in_flight() as f64)
     }
 }
 
@@ -74,7 +72,7 @@ mod tests {
     #[test]
     fn the_less_loaded_of_two_wins() {
         let m = test_members(&[1, 1]);
-        let _busy: Vec<_> = (0..3).map(|_| m[0].endpoint.start_request()).collect();
+        let _busy: Vec<_> = (0..3).map(|_| m[0].start_request()).collect();
         for _ in 0..50 {
             assert_eq!(LeastOutstanding.pick(&m, None, &|_| true), Some(1));
         }
@@ -96,8 +94,8 @@ mod tests {
         // and the idle one wins every pair it is in.
         let m = test_members(&[1, 1, 1]);
         let _load: Vec<_> = (0..5)
-            .map(|_| m[1].endpoint.start_request())
-            .chain((0..10).map(|_| m[2].endpoint.start_request()))
+            .map(|_| m[1].start_request())
+            .chain((0..10).map(|_| m[2].start_request()))
             .collect();
         let mut c = [0; 3];
         for _ in 0..3000 {

@@ -12,7 +12,6 @@ mod prefix_affinity;
 mod rotation;
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Arc;
 
 use futures::FutureExt;
 use pingora::lb::discovery::Static;
@@ -20,7 +19,7 @@ use pingora::lb::selection::{BackendIter, BackendSelection};
 use pingora::lb::{Backend, Backends, LoadBalancer};
 use serde::Deserialize;
 
-use crate::upstream::Upstream;
+use crate::deployment::Deployment;
 
 pub use affinity_key::KeySource;
 pub use latency::Latency;
@@ -85,7 +84,7 @@ pub trait Policy: Send + Sync {
     /// affinity key, when the policy wants one.
     fn pick(
         &self,
-        members: &[Arc<Upstream>],
+        members: &[Deployment],
         affinity: Option<u64>,
         usable: &dyn Fn(usize) -> bool,
     ) -> Option<usize>;
@@ -100,7 +99,7 @@ pub trait Policy: Send + Sync {
 }
 
 /// The policy `name` for these members.
-pub fn build(name: PolicyName, members: &[Arc<Upstream>], options: &Balancing) -> Box<dyn Policy> {
+pub fn build(name: PolicyName, members: &[Deployment], options: &Balancing) -> Box<dyn Policy> {
     match name {
         PolicyName::PrefixAffinity => {
             Box::new(PrefixAffinity::new(members, options.affinity.epsilon))
@@ -115,8 +114,8 @@ pub fn build(name: PolicyName, members: &[Arc<Upstream>], options: &Balancing) -
 /// A Pingora balancer over `members` with these weights. Each backend carries its member's
 /// position, so a pick needs no search by address. Returns it with the sum of the weights.
 fn pingora_balancer<S>(
-    members: &[Arc<Upstream>],
-    weight: impl Fn(&Upstream) -> usize,
+    members: &[Deployment],
+    weight: impl Fn(&Deployment) -> usize,
 ) -> (LoadBalancer<S>, usize)
 where
     S: BackendSelection + 'static,
@@ -125,10 +124,10 @@ where
     let backends: BTreeSet<Backend> = members
         .iter()
         .enumerate()
-        .map(|(i, u)| {
+        .map(|(i, d)| {
             let mut b = Backend {
-                addr: pingora::protocols::l4::socket::SocketAddr::Inet(u.addr),
-                weight: weight(u),
+                addr: pingora::protocols::l4::socket::SocketAddr::Inet(d.upstream.addr),
+                weight: weight(d),
                 ext: Default::default(),
             };
             b.ext.insert(i);
@@ -159,10 +158,14 @@ where
     b.ext.get::<usize>().copied()
 }
 
-/// Members for unit tests: endpoints `http://127.0.0.1:<port>` with these weights.
+/// Members for unit tests: deployments of model `m` on `http://127.0.0.1:<port>` with these
+/// weights, in order (their upstream ids ascending).
 #[cfg(test)]
-pub(crate) fn test_members(weights: &[usize]) -> Vec<Arc<Upstream>> {
+pub(crate) fn test_members(weights: &[usize]) -> Vec<Deployment> {
+    use crate::deployment::DeploymentState;
     use crate::endpoint::{Endpoint, EndpointKind};
+    use crate::upstream::Upstream;
+    use std::sync::Arc;
     weights
         .iter()
         .enumerate()
@@ -177,11 +180,11 @@ pub(crate) fn test_members(weights: &[usize]) -> Vec<Arc<Upstream>> {
             )
             .unwrap()
             .with_weight(w);
-            Arc::new(Upstream::new(
-                Arc::new(ep),
-                i,
-                ([127, 0, 0, 1], port).into(),
-            ))
+            Deployment {
+                upstream: Arc::new(Upstream::new(Arc::new(ep), ([127, 0, 0, 1], port).into())),
+                state: Arc::new(DeploymentState::new(Default::default())),
+                upstream_model: Arc::from("m"),
+            }
         })
         .collect()
 }

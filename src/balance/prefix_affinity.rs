@@ -7,13 +7,11 @@
 //! conversation from piling onto one server; the ring keeps the detour stable. A request with
 //! no key goes to the least loaded of two random endpoints.
 
-use std::sync::Arc;
-
 use pingora::lb::selection::Consistent;
 use pingora::lb::LoadBalancer;
 
 use super::{pingora_balancer, pingora_pick, LeastOutstanding, Policy};
-use crate::upstream::Upstream;
+use crate::deployment::Deployment;
 
 pub struct PrefixAffinity {
     ring: LoadBalancer<Consistent>,
@@ -23,7 +21,7 @@ pub struct PrefixAffinity {
 }
 
 impl PrefixAffinity {
-    pub fn new(members: &[Arc<Upstream>], epsilon: f64) -> PrefixAffinity {
+    pub fn new(members: &[Deployment], epsilon: f64) -> PrefixAffinity {
         let (ring, _) = pingora_balancer(members, |_| 1);
         PrefixAffinity {
             ring,
@@ -60,14 +58,14 @@ impl PrefixAffinity {
 impl Policy for PrefixAffinity {
     fn pick(
         &self,
-        members: &[Arc<Upstream>],
+        members: &[Deployment],
         affinity: Option<u64>,
         usable: &dyn Fn(usize) -> bool,
     ) -> Option<usize> {
         let Some(key) = affinity else {
             return LeastOutstanding.pick(members, None, usable);
         };
-        let load = |i: usize| members[i].endpoint.in_flight();
+        let load = |i: usize| members[i].in_flight();
         self.pick_with_loads(members.len(), key, usable, &load)
     }
 

@@ -1,13 +1,11 @@
 //! `round_robin` and `weighted`: each endpoint in turn, each as often as its weight for
 //! `weighted`. Pingora's weighted round robin does the turning.
 
-use std::sync::Arc;
-
 use pingora::lb::selection::RoundRobin;
 use pingora::lb::LoadBalancer;
 
 use super::{pingora_balancer, pingora_pick, Policy};
-use crate::upstream::Upstream;
+use crate::deployment::Deployment;
 
 pub struct Rotation {
     lb: LoadBalancer<RoundRobin>,
@@ -16,9 +14,14 @@ pub struct Rotation {
 }
 
 impl Rotation {
-    pub fn new(members: &[Arc<Upstream>], weighted: bool) -> Rotation {
-        let (lb, full_turn) =
-            pingora_balancer(members, |u| if weighted { u.endpoint.weight } else { 1 });
+    pub fn new(members: &[Deployment], weighted: bool) -> Rotation {
+        let (lb, full_turn) = pingora_balancer(members, |d| {
+            if weighted {
+                d.upstream.endpoint.weight
+            } else {
+                1
+            }
+        });
         Rotation { lb, full_turn }
     }
 }
@@ -26,7 +29,7 @@ impl Rotation {
 impl Policy for Rotation {
     fn pick(
         &self,
-        _members: &[Arc<Upstream>],
+        _members: &[Deployment],
         _affinity: Option<u64>,
         usable: &dyn Fn(usize) -> bool,
     ) -> Option<usize> {
@@ -39,7 +42,7 @@ mod tests {
     use super::*;
     use crate::balance::test_members;
 
-    fn counts(p: &dyn Policy, members: &[Arc<Upstream>], n: usize) -> Vec<usize> {
+    fn counts(p: &dyn Policy, members: &[Deployment], n: usize) -> Vec<usize> {
         let mut c = vec![0; members.len()];
         for _ in 0..n {
             c[p.pick(members, None, &|_| true).unwrap()] += 1;

@@ -8,12 +8,12 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use serde_json::json;
 
-use super::{EndpointState, PollStatus};
+use super::{EndpointState, Member, PollStatus};
 use crate::balance::Balancing;
 use crate::config::RequestSettings;
 use crate::deployment::Deployment;
 use crate::openai::{List, ModelEntry};
-use crate::routes::{DeploymentView, EndpointView, Pool, Routes};
+use crate::routes::{DeploymentView, EndpointView, MemberView, Pool, Routes};
 
 fn unix(t: SystemTime) -> i64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
@@ -35,17 +35,11 @@ pub fn build_routes(
     let mut members: BTreeMap<&str, Vec<Deployment>> = BTreeMap::new();
     let mut entries: BTreeMap<&str, ModelEntry> = BTreeMap::new();
     for s in states {
-        let Some(upstream) = &s.upstream else {
-            continue;
-        };
-        for m in s.served() {
-            let Some(health) = s.deployments.get(m.id) else {
-                continue;
-            };
+        for (member, m, state) in s.deployments() {
             members.entry(m.name).or_default().push(Deployment {
-                upstream: upstream.clone(),
-                health: health.clone(),
-                upstream_model: Some(Arc::from(m.id)),
+                upstream: member.upstream.clone(),
+                state: state.clone(),
+                upstream_model: Arc::from(m.id),
             });
             entries.entry(m.name).or_insert_with(|| ModelEntry {
                 id: m.name.to_string(),
@@ -83,7 +77,11 @@ pub fn build_routes(
             }
         }
     }
-    let default_upstream = states.iter().find_map(|s| s.upstream.clone());
+    // The first configured endpoint's first member that has answered (else its first).
+    let default_upstream = states.iter().find_map(|s| {
+        let answered = s.members.iter().find(|m| m.last_success.is_some());
+        answered.or(s.members.first()).map(|m| m.upstream.clone())
+    });
     let model_entries: Vec<ModelEntry> = entries.into_values().collect();
     let models_json = to_bytes(&List::new(model_entries.iter().collect()));
     let endpoint_views = states
@@ -91,18 +89,7 @@ pub fn build_routes(
         .map(|s| EndpointView {
             endpoint: s.endpoint.clone(),
             view: endpoint_view(s),
-            deployments: s
-                .served()
-                .iter()
-                .filter_map(|m| {
-                    let health = s.deployments.get(m.id)?.clone();
-                    Some(DeploymentView {
-                        model: m.name.to_string(),
-                        upstream_model: m.id.to_string(),
-                        health,
-                    })
-                })
-                .collect(),
+            members: s.members.iter().map(member_view).collect(),
         })
         .collect();
     Routes {
@@ -120,33 +107,74 @@ fn to_bytes<T: serde::Serialize>(v: &T) -> Bytes {
     Bytes::from(serde_json::to_vec(v).expect("plain data serializes"))
 }
 
-/// One `/v1/endpoints` entry. Never the key: only whether there is one.
-fn endpoint_view(s: &EndpointState) -> serde_json::Map<String, serde_json::Value> {
-    let (status, error) = match &s.status {
+/// The discovery status of an endpoint or a member, for `/v1/endpoints`.
+fn discovery_json(
+    status: &PollStatus,
+    last_success: Option<SystemTime>,
+    last_attempt: Option<SystemTime>,
+    consecutive_failures: u32,
+) -> serde_json::Value {
+    let (status, error) = match status {
         PollStatus::Pending => ("pending", None),
         PollStatus::Ok => ("ok", None),
         PollStatus::Failed(e) => ("failed", Some(e.as_str())),
     };
+    json!({
+        "status": status,
+        "error": error,
+        "last_success": last_success.map(unix),
+        "last_attempt": last_attempt.map(unix),
+        "consecutive_failures": consecutive_failures,
+    })
+}
+
+/// One `/v1/endpoints` entry, as of this round. Never the key: only whether there is one.
+fn endpoint_view(s: &EndpointState) -> serde_json::Map<String, serde_json::Value> {
     let ep = &s.endpoint;
+    let mut models: Vec<&str> = s.deployments().map(|(_, m, _)| m.name).collect();
+    models.sort_unstable();
+    models.dedup();
     let view = json!({
         "name": ep.name,
         "url": ep.url,
         "type": ep.kind.as_str(),
-        "models": s.served().iter().map(|m| m.name).collect::<Vec<_>>(),
+        "models": models,
         "healthy": s.healthy(),
-        "address": s.upstream.as_ref().map(|u| u.addr.to_string()),
         "has_api_key": ep.authorization.is_some(),
-        "discovery": {
-            "status": status,
-            "error": error,
-            "last_success": s.last_success.map(unix),
-            "last_attempt": s.last_attempt.map(unix),
-            "consecutive_failures": s.consecutive_failures,
-        },
+        "discovery": discovery_json(
+            &s.status,
+            s.last_success,
+            s.last_attempt,
+            s.consecutive_failures,
+        ),
     });
     match view {
         serde_json::Value::Object(map) => map,
         _ => unreachable!("json! of an object literal is an object"),
+    }
+}
+
+fn member_view(m: &Member) -> MemberView {
+    MemberView {
+        upstream: m.upstream.clone(),
+        polled_ok: m.healthy(),
+        discovery: discovery_json(
+            &m.status,
+            m.last_success,
+            m.last_attempt,
+            m.consecutive_failures,
+        ),
+        deployments: m
+            .served()
+            .iter()
+            .filter_map(|s| {
+                Some(DeploymentView {
+                    model: s.name.to_string(),
+                    upstream_model: s.id.to_string(),
+                    state: m.deployments.get(s.id)?.clone(),
+                })
+            })
+            .collect(),
     }
 }
 
@@ -157,7 +185,7 @@ mod tests {
     use crate::endpoint::{ApiKey, Endpoint, EndpointKind};
     use crate::upstream::Upstream;
 
-    fn state(i: usize, port: u16, models: &[&str], status: PollStatus) -> EndpointState {
+    fn state(port: u16, models: &[&str], status: PollStatus) -> EndpointState {
         let ep = Arc::new(
             Endpoint::new(
                 &format!("http://127.0.0.1:{port}"),
@@ -168,13 +196,9 @@ mod tests {
             )
             .unwrap(),
         );
-        let mut s = EndpointState::new(ep.clone(), i);
-        s.upstream = Some(Arc::new(Upstream::new(
-            ep,
-            i,
-            ([127, 0, 0, 1], port).into(),
-        )));
-        s.models = models
+        let mut s = EndpointState::new(ep.clone());
+        let mut m = Member::new(Arc::new(Upstream::new(ep, ([127, 0, 0, 1], port).into())));
+        m.models = models
             .iter()
             .map(|m| DiscoveredModel {
                 id: m.to_string(),
@@ -182,9 +206,11 @@ mod tests {
                 owned_by: None,
             })
             .collect();
+        m.status = status.clone();
+        m.last_success = Some(SystemTime::now());
+        m.sync_deployments();
+        s.members.push(m);
         s.status = status;
-        s.last_success = Some(SystemTime::now());
-        s.sync_deployments();
         s
     }
 
@@ -205,8 +231,8 @@ mod tests {
     #[test]
     fn union_of_models_each_once_and_pool_reuse() {
         let states = vec![
-            state(0, 1, &["b", "a"], PollStatus::Ok),
-            state(1, 2, &["a", "c"], PollStatus::Failed("down".into())),
+            state(1, &["b", "a"], PollStatus::Ok),
+            state(2, &["a", "c"], PollStatus::Failed("down".into())),
         ];
         let r1 = build(&states, &Routes::default());
         let v: serde_json::Value = serde_json::from_slice(&r1.models_json).unwrap();
@@ -218,11 +244,11 @@ mod tests {
             .collect();
         assert_eq!(ids, ["a", "b", "c"]);
         assert_eq!(r1.pool("a").unwrap().len(), 2);
-        assert_eq!(r1.default_upstream.as_ref().unwrap().id, 0);
+        assert_eq!(r1.default_upstream.as_ref().unwrap().addr.port(), 1);
 
         let r2 = build(&states, &r1);
         assert!(Arc::ptr_eq(r1.pool("a").unwrap(), r2.pool("a").unwrap()));
-        let fewer = vec![state(0, 1, &["a"], PollStatus::Ok)];
+        let fewer = vec![state(1, &["a"], PollStatus::Ok)];
         let r3 = build(&fewer, &r2);
         assert!(!Arc::ptr_eq(r2.pool("a").unwrap(), r3.pool("a").unwrap()));
         assert!(r3.pool("c").is_none());
@@ -230,7 +256,7 @@ mod tests {
 
     #[test]
     fn endpoints_view_has_status_and_no_key() {
-        let states = vec![state(0, 1, &["a"], PollStatus::Failed("HTTP 500".into()))];
+        let states = vec![state(1, &["a"], PollStatus::Failed("HTTP 500".into()))];
         let r = build(&states, &Routes::default());
         let text = String::from_utf8(r.endpoints_json().to_vec()).unwrap();
         assert!(!text.contains("sk-hidden"));

@@ -176,28 +176,36 @@ impl Metrics {
     /// The text exposition, with the per-endpoint gauges read from `routes` now.
     pub fn render(&self, routes: &Routes) -> Bytes {
         for v in &routes.endpoint_views {
-            let (ep, view) = (&v.endpoint, &v.view);
-            let name = [ep.name.as_str()];
-            for d in &v.deployments {
-                let up = d.health.status() == Status::Healthy;
-                self.deployment_healthy
-                    .with_label_values(&[ep.name.as_str(), d.model.as_str()])
-                    .set(i64::from(up));
+            let name = v.endpoint.name.as_str();
+            // A model is up on an endpoint while it is in service at some member.
+            let mut models_up: Vec<(&str, bool)> = Vec::new();
+            for d in v.members.iter().flat_map(|m| &m.deployments) {
+                let up = d.state.health.status() == Status::Healthy;
+                match models_up.iter_mut().find(|(m, _)| *m == d.model) {
+                    Some((_, any)) => *any |= up,
+                    None => models_up.push((&d.model, up)),
+                }
             }
+            for (model, up) in &models_up {
+                self.deployment_healthy
+                    .with_label_values(&[name, model])
+                    .set(i64::from(*up));
+            }
+            let in_flight: usize = v.members.iter().map(|m| m.upstream.in_flight()).sum();
             self.inflight
-                .with_label_values(&name)
-                .set(i64::try_from(ep.in_flight()).unwrap_or(i64::MAX));
-            let polled_ok = view.get("healthy").and_then(|v| v.as_bool()) == Some(true);
-            let healthy = polled_ok && ep.health.status() == Status::Healthy;
+                .with_label_values(&[name])
+                .set(i64::try_from(in_flight).unwrap_or(i64::MAX));
+            let polled_ok = v.view.get("healthy").and_then(|v| v.as_bool()) == Some(true);
             self.healthy
-                .with_label_values(&name)
-                .set(i64::from(healthy));
-            let models = view
+                .with_label_values(&[name])
+                .set(i64::from(polled_ok && v.healthy()));
+            let models = v
+                .view
                 .get("models")
                 .and_then(|m| m.as_array())
                 .map_or(0, Vec::len);
             self.models
-                .with_label_values(&name)
+                .with_label_values(&[name])
                 .set(i64::try_from(models).unwrap_or(i64::MAX));
         }
         let mut out = String::with_capacity(16 * 1024);

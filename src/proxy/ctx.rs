@@ -10,11 +10,11 @@ use pingora::proxy::Session;
 
 use super::{fallback, large_body, watchdog};
 use crate::auth::ClientKey;
-use crate::endpoint::InFlight;
+use crate::deployment::DeploymentState;
 use crate::health::Health;
 use crate::routes::{Pool, Routes};
 use crate::shutdown::ActiveRequest;
-use crate::upstream::Upstream;
+use crate::upstream::{InFlight, Upstream};
 use crate::usage::{self, strip::StripUsageChunk};
 
 /// Where a request goes: decided once in `request_filter`, used by every attempt (and handed
@@ -31,13 +31,13 @@ pub(super) enum Target {
 #[derive(Default)]
 pub struct RequestCtx {
     pub(super) target: Option<Target>,
-    /// Endpoint ids already attempted by this request.
+    /// Upstream ids already attempted by this request.
     pub(super) tried: Vec<usize>,
     /// The upstream of the current attempt.
     pub(super) current: Option<Arc<Upstream>>,
-    /// The health of the current attempt's model on that upstream (its deployment's), when the
-    /// request has a model.
-    pub(super) model_health: Option<Arc<Health>>,
+    /// The current attempt's deployment (its model at that upstream), when the request has a
+    /// model.
+    pub(super) deployment: Option<Arc<DeploymentState>>,
     /// The body as the client sent it (a `Bytes` handle, no copy).
     pub(super) body: Bytes,
     /// The body of the current attempt when its deployment knows the model by another id.
@@ -173,7 +173,7 @@ impl RequestCtx {
     /// against it: every deployment there shares it.
     pub(super) fn blame_address(&self, why: &str) {
         if let Some(u) = &self.current {
-            blame(&u.endpoint.name, "", &u.endpoint.health, why);
+            blame(&u.endpoint.name, "", &u.health, why);
         }
     }
 
@@ -181,8 +181,8 @@ impl RequestCtx {
     /// error) against its deployment only: the address's other models keep serving. A request
     /// without a model has no deployment, and its faults are the address's.
     pub(super) fn blame_model(&self, why: &str) {
-        match (&self.current, &self.model_health, self.model()) {
-            (Some(u), Some(h), Some(model)) => blame(&u.endpoint.name, model, h, why),
+        match (&self.current, &self.deployment, self.model()) {
+            (Some(u), Some(d), Some(model)) => blame(&u.endpoint.name, model, &d.health, why),
             _ => self.blame_address(why),
         }
     }
@@ -192,15 +192,15 @@ impl RequestCtx {
         let Some(u) = &self.current else {
             return;
         };
-        if let Some(was) = u.endpoint.health.record_success() {
+        if let Some(was) = u.health.record_success() {
             log::info!(
                 "health: {} is back in service (was {})",
                 u.endpoint.name,
                 was.as_str()
             );
         }
-        if let (Some(h), Some(model)) = (&self.model_health, self.model()) {
-            if let Some(was) = h.record_success() {
+        if let (Some(d), Some(model)) = (&self.deployment, self.model()) {
+            if let Some(was) = d.health.record_success() {
                 log::info!(
                     "health: model {model} on {} is back in service (was {})",
                     u.endpoint.name,
@@ -212,9 +212,9 @@ impl RequestCtx {
 
     /// The health a `Retry-After` holds: the model's on that upstream.
     pub(super) fn hold_for(&self, wait: Duration) {
-        match (&self.model_health, &self.current) {
-            (Some(h), _) => h.hold_for(wait),
-            (None, Some(u)) => u.endpoint.health.hold_for(wait),
+        match (&self.deployment, &self.current) {
+            (Some(d), _) => d.health.hold_for(wait),
+            (None, Some(u)) => u.health.hold_for(wait),
             _ => {}
         }
     }

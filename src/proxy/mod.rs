@@ -550,7 +550,7 @@ impl ProxyHttp for Gateway {
                         if let Some(d) = pool.select(&ctx.tried, ctx.affinity) {
                             // The body names the model as the client (or a fallback) does; this
                             // deployment may know it by another id.
-                            let renamed = d.upstream_model.as_ref().filter(|id| ***id != **model);
+                            let renamed = Some(&d.upstream_model).filter(|id| ***id != **model);
                             ctx.attempt_body = renamed.and_then(|id| {
                                 let body = ctx.body_override.as_ref().unwrap_or(&ctx.body);
                                 match &ctx.multipart_model {
@@ -558,7 +558,7 @@ impl ProxyHttp for Gateway {
                                     None => with_model(body, id),
                                 }
                             });
-                            ctx.model_health = Some(d.health.clone());
+                            ctx.deployment = Some(d.state.clone());
                             break d.upstream.clone();
                         }
                     }
@@ -580,7 +580,7 @@ impl ProxyHttp for Gateway {
         }
         let peer = Box::new(upstream.peer());
         // A retry's guard replaces (and so ends) the failed attempt's.
-        ctx.in_flight = Some(upstream.endpoint.start_request());
+        ctx.in_flight = Some(upstream.start_request(ctx.deployment.as_ref()));
         ctx.current = Some(upstream.clone());
         Ok(peer)
     }
