@@ -33,8 +33,11 @@ const PASS_ENV: &[&str] = &[
     "CARGO_LLVM_COV",
 ];
 
-fn base_command(cwd: &Path, inherit: bool) -> Command {
-    let mut cmd = Command::new(GATEWAY_BIN);
+fn base_command(cwd: &Path, inherit: bool, hosts: Option<&Path>) -> Command {
+    let mut cmd = match hosts {
+        None => Command::new(GATEWAY_BIN),
+        Some(hosts) => in_mount_namespace_with_hosts(hosts),
+    };
     cmd.current_dir(cwd);
     if !inherit {
         cmd.env_clear();
@@ -48,6 +51,30 @@ fn base_command(cwd: &Path, inherit: bool) -> Command {
     cmd
 }
 
+/// A command that runs the gateway in its own mount namespace, with `hosts` bind-mounted over
+/// `/etc/hosts`: the test decides what names resolve to, for the gateway alone. `unshare`
+/// execs (no fork), so the child's PID is the gateway's. As root a mount namespace is enough;
+/// otherwise a user namespace maps the user to root inside it.
+fn in_mount_namespace_with_hosts(hosts: &Path) -> Command {
+    let as_root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+    let mut cmd = Command::new("unshare");
+    if !as_root {
+        cmd.args(["--user", "--map-root-user"]);
+    }
+    cmd.args([
+        "--mount",
+        "sh",
+        "-c",
+        r#"mount --bind "$0" /etc/hosts && exec "$@""#,
+    ])
+    .arg(hosts)
+    .arg(GATEWAY_BIN);
+    cmd
+}
+
 /// Options for starting a gateway; finish with [`GatewayBuilder::start`].
 pub struct GatewayBuilder {
     config: Option<String>,
@@ -57,9 +84,18 @@ pub struct GatewayBuilder {
     ready_path: Option<String>,
     ready_timeout: Duration,
     inherit_env: bool,
+    hosts_file: Option<PathBuf>,
 }
 
 impl GatewayBuilder {
+    /// Resolve names through this file instead of `/etc/hosts` (see
+    /// [`in_mount_namespace_with_hosts`]); edit it in place (not by rename) to change what a
+    /// name resolves to while the gateway runs.
+    pub fn hosts_file(mut self, path: &Path) -> Self {
+        self.hosts_file = Some(path.to_path_buf());
+        self
+    }
+
     /// Config YAML; every `{port}` is replaced with the gateway's port. Passed as `--config <file>`.
     pub fn config(mut self, yaml: impl Into<String>) -> Self {
         self.config = Some(yaml.into());
@@ -114,7 +150,7 @@ impl GatewayBuilder {
             .expect("create temp dir");
         let log_path = dir.path().join("gateway.log");
         let log = File::create(&log_path).expect("create gateway.log");
-        let mut cmd = base_command(dir.path(), self.inherit_env);
+        let mut cmd = base_command(dir.path(), self.inherit_env, self.hosts_file.as_deref());
         let config_path = self.config.map(|yaml| {
             let path = dir.path().join("config.yaml");
             std::fs::write(&path, yaml.replace("{port}", &port.to_string()))
@@ -178,6 +214,7 @@ impl Gateway {
             ready_path: Some("/ready".to_string()),
             ready_timeout: READY_TIMEOUT,
             inherit_env: false,
+            hosts_file: None,
         }
     }
 
@@ -341,7 +378,7 @@ pub fn run_gateway_cmd(args: &[&str], envs: &[(&str, &str)]) -> Output {
         .expect("create temp dir");
     let out_path = dir.path().join("stdout.log");
     let err_path = dir.path().join("stderr.log");
-    let mut cmd = base_command(dir.path(), false);
+    let mut cmd = base_command(dir.path(), false, None);
     cmd.args(args)
         .envs(envs.iter().copied())
         .stdin(Stdio::null())
