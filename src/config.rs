@@ -15,11 +15,14 @@ use crate::access_log;
 use crate::auth::{Auth, AuthConfig};
 use crate::balance::{AffinityOptions, Balancing, KeySource, PolicyName};
 use crate::endpoint::{redact_userinfo, ApiKey, DeclaredModel, Endpoint, EndpointKind, Timeouts};
+pub use crate::env::{Env, EnvFile, ProcessEnv};
 use crate::health::HealthPolicy;
+use crate::settings::RequestSettings;
+pub use crate::settings::{
+    DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_HEADER_BYTES, DEFAULT_TIMEOUT_SECS,
+};
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8000";
-pub const DEFAULT_TIMEOUT_SECS: u64 = 60;
-pub const DEFAULT_MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
 pub const DEFAULT_DISCOVERY_INTERVAL_SECS: u64 = 30;
 pub const DEFAULT_CONNECT_TIMEOUT_SECS: u64 = 5;
 /// SIGTERM: how long requests in flight (streams) may take to finish. Kubernetes' default
@@ -27,12 +30,8 @@ pub const DEFAULT_CONNECT_TIMEOUT_SECS: u64 = 5;
 pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 25;
 /// A client has this long to send a request head (keep-alive idle time included).
 pub const DEFAULT_HEADER_TIMEOUT_SECS: u64 = 30;
-/// Request line and headers together; OpenAI's own SDK requests are under 2 KiB.
-pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
 /// A discovery poll (the active probe) that takes longer marks the endpoint down.
 pub const DEFAULT_PROBE_TIMEOUT_SECS: u64 = 5;
-/// Attempts per request across endpoints: the first one and up to two failovers.
-pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 /// The legacy tool's upstream when nothing else is configured.
 pub const DEFAULT_TARGET_URL: &str = "https://api.openai.com";
 /// The config file read when `--config` is not given and the file exists.
@@ -199,59 +198,6 @@ pub struct Config {
     /// Client keys and the admin key (`auth:`, else `AI_PROXY_KEYS`); open by default.
     pub auth: Arc<Auth>,
     pub endpoints: Vec<Arc<Endpoint>>,
-}
-
-/// Environment lookups go through this so tests can pass their own.
-pub trait Env {
-    fn var(&self, name: &str) -> Option<String>;
-}
-
-/// The process environment.
-pub struct ProcessEnv;
-
-impl Env for ProcessEnv {
-    fn var(&self, name: &str) -> Option<String> {
-        std::env::var(name).ok().filter(|v| !v.is_empty())
-    }
-}
-
-/// An env file as `docker run --env-file` reads it: `KEY=VALUE` lines, `#` comments and
-/// blank lines skipped, values taken as written (no quotes removed).
-#[derive(Debug, Default)]
-pub struct EnvFile(HashMap<String, String>);
-
-impl EnvFile {
-    pub fn parse(text: &str) -> Result<EnvFile, String> {
-        let mut vars = HashMap::new();
-        for (n, line) in text.lines().enumerate() {
-            let line = line.trim_start();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let (key, value) = line
-                .split_once('=')
-                .ok_or_else(|| format!("line {}: expected KEY=VALUE", n + 1))?;
-            if key.is_empty() || key.contains(char::is_whitespace) {
-                return Err(format!("line {}: {key:?} is not a variable name", n + 1));
-            }
-            vars.insert(key.to_string(), value.to_string());
-        }
-        Ok(EnvFile(vars))
-    }
-}
-
-impl Env for EnvFile {
-    fn var(&self, name: &str) -> Option<String> {
-        self.0.get(name).filter(|v| !v.is_empty()).cloned()
-    }
-}
-
-impl<const N: usize> Env for [(&str, &str); N] {
-    fn var(&self, name: &str) -> Option<String> {
-        self.iter()
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| v.to_string())
-    }
 }
 
 impl Config {
@@ -491,43 +437,6 @@ impl Config {
             upgrade_sock => "upgrade_sock",
         );
         ignored
-    }
-}
-
-/// What each request reads from the config: swapped with the routes on a reload, so a request
-/// sees one consistent version of both.
-#[derive(Debug, Clone)]
-pub struct RequestSettings {
-    /// Larger request bodies get 413.
-    pub max_body_bytes: usize,
-    /// The longest a client may take to send its body.
-    pub body_deadline: Duration,
-    /// Attempts per request, each on a different endpoint.
-    pub max_attempts: u32,
-    /// Larger request heads get 431.
-    pub max_header_bytes: usize,
-    /// `stream_usage: force`.
-    pub force_stream_usage: bool,
-    /// Models to try when every endpoint of a model failed before answering.
-    pub fallbacks: HashMap<String, Vec<String>>,
-    /// Where `prefix_affinity` pools read a request's key from.
-    pub affinity_key: KeySource,
-    /// Who may send requests.
-    pub auth: Arc<Auth>,
-}
-
-impl Default for RequestSettings {
-    fn default() -> Self {
-        RequestSettings {
-            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
-            body_deadline: Duration::from_secs(DEFAULT_TIMEOUT_SECS),
-            max_attempts: DEFAULT_MAX_ATTEMPTS,
-            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
-            force_stream_usage: false,
-            fallbacks: HashMap::new(),
-            affinity_key: KeySource::default(),
-            auth: Arc::default(),
-        }
     }
 }
 

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crate::health::{Health, HealthPolicy};
-use crate::upstream::{InFlight, Upstream};
+use crate::upstream::Upstream;
 
 /// What a deployment keeps across routing snapshots: held by discovery while the model stays
 /// served at that address, so an ejection and the load outlive the snapshot they began in.
@@ -62,6 +62,60 @@ impl Deployment {
 
     /// Count a request as in flight here until the guard is dropped.
     pub fn start_request(&self) -> InFlight {
-        self.upstream.start_request(Some(&self.state))
+        InFlight::start(&self.upstream, Some(&self.state))
+    }
+}
+
+/// One request in flight to an upstream (and its deployment, when it is for a model). Held by
+/// the request's context, so it lasts until the response truly ends (last byte, error or
+/// client disconnect), and a retry's new guard replaces the failed attempt's. Counting by
+/// drop keeps the counts exact and never negative.
+#[derive(Debug)]
+pub struct InFlight {
+    upstream: Arc<Upstream>,
+    deployment: Option<Arc<DeploymentState>>,
+}
+
+impl InFlight {
+    /// Count a request as in flight at `upstream` (and on `deployment`) until the guard is
+    /// dropped.
+    pub fn start(upstream: &Arc<Upstream>, deployment: Option<&Arc<DeploymentState>>) -> Self {
+        upstream.in_flight.fetch_add(1, Ordering::Relaxed);
+        if let Some(d) = deployment {
+            d.in_flight.fetch_add(1, Ordering::Relaxed);
+        }
+        InFlight {
+            upstream: upstream.clone(),
+            deployment: deployment.cloned(),
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.upstream.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if let Some(d) = &self.deployment {
+            d.in_flight.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::endpoint::{Endpoint, EndpointKind};
+
+    #[test]
+    fn in_flight_counts_live_guards_per_address_and_deployment() {
+        let ep = Endpoint::new("http://h:1", EndpointKind::Openai, None, None, None).unwrap();
+        let u = Arc::new(Upstream::new(Arc::new(ep), ([127, 0, 0, 1], 1).into()));
+        let d = Arc::new(DeploymentState::new(Default::default()));
+        let a = InFlight::start(&u, Some(&d));
+        let b = InFlight::start(&u, None);
+        assert_eq!((u.in_flight(), d.in_flight()), (2, 1));
+        drop(a);
+        assert_eq!((u.in_flight(), d.in_flight()), (1, 0));
+        drop(b);
+        assert_eq!(u.in_flight(), 0);
     }
 }

@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 
-use crate::config::{Config, Env, Source};
+use crate::config::{Config, Source};
+use crate::env::Env;
 
 /// Reads the config file again and hands a valid result to discovery.
 pub struct Reloader {

@@ -10,12 +10,12 @@ use bytes::Bytes;
 use http::HeaderValue;
 
 use crate::balance::{self, Balancing, Policy, PolicyName};
-use crate::config::RequestSettings;
 use crate::deployment::{Deployment, DeploymentState};
 use crate::endpoint::Endpoint;
 use crate::health::{Health, Status};
-use crate::metrics::RouteCounters;
+use crate::metrics::{EndpointGauges, RouteCounters};
 use crate::openai::{List, ModelEntry};
+use crate::settings::RequestSettings;
 use crate::upstream::Upstream;
 
 /// The deployments that serve one public model name, and the policy that balances them.
@@ -271,6 +271,35 @@ impl DeploymentView {
 }
 
 impl EndpointView {
+    /// Its gauges for a metrics scrape.
+    pub fn gauges(&self) -> EndpointGauges<'_> {
+        // A model is up on an endpoint while it is in service at some member.
+        let mut models_up: Vec<(&str, bool)> = Vec::new();
+        for d in self.members.iter().flat_map(|m| &m.deployments) {
+            let up = d.state.health.status() == Status::Healthy;
+            match models_up.iter_mut().find(|(m, _)| *m == d.model) {
+                Some((_, any)) => *any |= up,
+                None => models_up.push((&d.model, up)),
+            }
+        }
+        EndpointGauges {
+            endpoint: &self.endpoint.name,
+            models_up,
+            in_flight: self.members.iter().map(|m| m.upstream.in_flight()).sum(),
+            healthy: self.polled_ok() && self.healthy(),
+            models: self
+                .view
+                .get("models")
+                .and_then(|m| m.as_array())
+                .map_or(0, Vec::len),
+        }
+    }
+
+    /// Its latest poll succeeded (some member answered).
+    fn polled_ok(&self) -> bool {
+        self.view.get("healthy").and_then(|v| v.as_bool()) == Some(true)
+    }
+
     /// Some member is polled and in service.
     pub fn healthy(&self) -> bool {
         self.members.iter().any(MemberView::healthy)
@@ -298,8 +327,10 @@ impl EndpointView {
             })
             .collect();
         let in_flight: usize = self.members.iter().map(|m| m.upstream.in_flight()).sum();
-        let polled = view.get("healthy").and_then(|v| v.as_bool()) == Some(true);
-        view.insert("healthy".into(), (polled && self.healthy()).into());
+        view.insert(
+            "healthy".into(),
+            (self.polled_ok() && self.healthy()).into(),
+        );
         view.insert(
             "address".into(),
             shown.map(|m| m.upstream.addr.to_string()).into(),

@@ -22,7 +22,7 @@ use pingora::server::{ExecutionPhase, ShutdownSignal, ShutdownSignalWatch};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::broadcast;
 
-use crate::config::ProcessEnv;
+use crate::env::ProcessEnv;
 use crate::reload::{Reloaded, Reloader};
 
 /// How often the drain checks the count of requests in flight.

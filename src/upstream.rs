@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use pingora::upstreams::peer::HttpPeer;
 
-use crate::deployment::DeploymentState;
 use crate::endpoint::Endpoint;
 use crate::health::Health;
 
@@ -32,8 +31,8 @@ pub struct Upstream {
     pub addr: SocketAddr,
     /// Passive health of the address, shared by every model served there.
     pub health: Health,
-    /// Requests sent here whose response has not ended yet (see [`InFlight`]).
-    in_flight: AtomicUsize,
+    /// Requests sent here whose response has not ended yet, counted by `InFlight` guards.
+    pub(crate) in_flight: AtomicUsize,
     /// Built once; the request path clones it instead of rebuilding options per request.
     peer: HttpPeer,
     /// `ai_proxy_upstream_attempts_total` of the endpoint (when metrics are on).
@@ -85,57 +84,5 @@ impl Upstream {
     /// Requests in flight to this address right now, for every model.
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
-    }
-
-    /// Count a request as in flight here (and on `deployment`, the model it is for) until
-    /// the returned guard is dropped.
-    pub fn start_request(self: &Arc<Self>, deployment: Option<&Arc<DeploymentState>>) -> InFlight {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-        if let Some(d) = deployment {
-            d.in_flight.fetch_add(1, Ordering::Relaxed);
-        }
-        InFlight {
-            upstream: self.clone(),
-            deployment: deployment.cloned(),
-        }
-    }
-}
-
-/// One request in flight to an upstream (and its deployment). Held by the request's context,
-/// so it lasts until the response truly ends (last byte, error or client disconnect), and a
-/// retry's new guard replaces the failed attempt's. Counting by drop keeps the counts exact
-/// and never negative.
-#[derive(Debug)]
-pub struct InFlight {
-    upstream: Arc<Upstream>,
-    deployment: Option<Arc<DeploymentState>>,
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.upstream.in_flight.fetch_sub(1, Ordering::Relaxed);
-        if let Some(d) = &self.deployment {
-            d.in_flight.fetch_sub(1, Ordering::Relaxed);
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::endpoint::EndpointKind;
-
-    #[test]
-    fn in_flight_counts_live_guards_per_address_and_deployment() {
-        let ep = Endpoint::new("http://h:1", EndpointKind::Openai, None, None, None).unwrap();
-        let u = Arc::new(Upstream::new(Arc::new(ep), ([127, 0, 0, 1], 1).into()));
-        let d = Arc::new(DeploymentState::new(Default::default()));
-        let a = u.start_request(Some(&d));
-        let b = u.start_request(None);
-        assert_eq!((u.in_flight(), d.in_flight()), (2, 1));
-        drop(a);
-        assert_eq!((u.in_flight(), d.in_flight()), (1, 0));
-        drop(b);
-        assert_eq!(u.in_flight(), 0);
     }
 }

@@ -22,7 +22,7 @@ use subtle::ConstantTimeEq;
 pub use allowlist::ModelAllowlist;
 pub use rate_limit::RateLimit;
 
-use crate::config::Env;
+use crate::env::Env;
 
 /// The header some SDKs (Anthropic's, Azure's) send the key in.
 pub const API_KEY_HEADER: &str = "x-api-key";

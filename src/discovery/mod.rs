@@ -20,9 +20,10 @@ use pingora::services::background::BackgroundService;
 use pingora::services::ServiceReadyNotifier;
 use tokio::sync::watch;
 
-use crate::config::{Config, RequestSettings};
+use crate::config::Config;
 use crate::endpoint::{Endpoint, EndpointKind};
 use crate::routes::{Routes, SharedRoutes};
+use crate::settings::RequestSettings;
 use crate::upstream::Upstream;
 use client::GetError;
 

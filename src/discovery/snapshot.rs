@@ -10,10 +10,10 @@ use serde_json::json;
 
 use super::{EndpointState, Member, PollStatus};
 use crate::balance::Balancing;
-use crate::config::RequestSettings;
 use crate::deployment::Deployment;
 use crate::openai::{List, ModelEntry};
 use crate::routes::{DeploymentView, EndpointView, MemberView, Pool, Routes};
+use crate::settings::RequestSettings;
 
 fn unix(t: SystemTime) -> i64 {
     t.duration_since(SystemTime::UNIX_EPOCH)

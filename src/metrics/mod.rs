@@ -17,8 +17,6 @@ use prometheus::{IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEnc
 
 pub use histogram::Histogram;
 
-use crate::health::Status;
-use crate::routes::Routes;
 use crate::usage::Tokens;
 
 /// From 1 ms to about 2 minutes: LLM requests span that whole range.
@@ -173,40 +171,25 @@ impl Metrics {
         }
     }
 
-    /// The text exposition, with the per-endpoint gauges read from `routes` now.
-    pub fn render(&self, routes: &Routes) -> Bytes {
-        for v in &routes.endpoint_views {
-            let name = v.endpoint.name.as_str();
-            // A model is up on an endpoint while it is in service at some member.
-            let mut models_up: Vec<(&str, bool)> = Vec::new();
-            for d in v.members.iter().flat_map(|m| &m.deployments) {
-                let up = d.state.health.status() == Status::Healthy;
-                match models_up.iter_mut().find(|(m, _)| *m == d.model) {
-                    Some((_, any)) => *any |= up,
-                    None => models_up.push((&d.model, up)),
-                }
-            }
-            for (model, up) in &models_up {
+    /// The text exposition, with the per-endpoint gauges set from `gauges` (read from the
+    /// routing snapshot at scrape time).
+    pub fn render<'a>(&self, gauges: impl IntoIterator<Item = EndpointGauges<'a>>) -> Bytes {
+        for g in gauges {
+            for (model, up) in &g.models_up {
                 self.deployment_healthy
-                    .with_label_values(&[name, model])
+                    .with_label_values(&[g.endpoint, model])
                     .set(i64::from(*up));
             }
-            let in_flight: usize = v.members.iter().map(|m| m.upstream.in_flight()).sum();
+            let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
             self.inflight
-                .with_label_values(&[name])
-                .set(i64::try_from(in_flight).unwrap_or(i64::MAX));
-            let polled_ok = v.view.get("healthy").and_then(|v| v.as_bool()) == Some(true);
+                .with_label_values(&[g.endpoint])
+                .set(gauge(g.in_flight));
             self.healthy
-                .with_label_values(&[name])
-                .set(i64::from(polled_ok && v.healthy()));
-            let models = v
-                .view
-                .get("models")
-                .and_then(|m| m.as_array())
-                .map_or(0, Vec::len);
+                .with_label_values(&[g.endpoint])
+                .set(i64::from(g.healthy));
             self.models
-                .with_label_values(&[name])
-                .set(i64::try_from(models).unwrap_or(i64::MAX));
+                .with_label_values(&[g.endpoint])
+                .set(gauge(g.models));
         }
         let mut out = String::with_capacity(16 * 1024);
         if let Err(e) = TextEncoder::new().encode_utf8(&self.registry.gather(), &mut out) {
@@ -221,6 +204,19 @@ impl Metrics {
         }
         Bytes::from(out)
     }
+}
+
+/// An endpoint's gauges as one scrape reads them.
+pub struct EndpointGauges<'a> {
+    pub endpoint: &'a str,
+    /// Each model it serves, and whether some member's deployment of it is in service.
+    pub models_up: Vec<(&'a str, bool)>,
+    /// Requests in flight on all its members.
+    pub in_flight: usize,
+    /// Some member polled and in service.
+    pub healthy: bool,
+    /// Public models it serves.
+    pub models: usize,
 }
 
 /// The counters of one route (a model and an endpoint serving it), looked up once.

@@ -11,10 +11,11 @@ use pingora::proxy::Session;
 use super::{fallback, large_body, watchdog};
 use crate::auth::ClientKey;
 use crate::deployment::DeploymentState;
+use crate::deployment::InFlight;
 use crate::health::Health;
 use crate::routes::{Pool, Routes};
 use crate::shutdown::ActiveRequest;
-use crate::upstream::{InFlight, Upstream};
+use crate::upstream::Upstream;
 use crate::usage::{self, strip::StripUsageChunk};
 
 /// Where a request goes: decided once in `request_filter`, used by every attempt (and handed

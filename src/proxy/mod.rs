@@ -32,11 +32,12 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 use crate::auth::Auth;
 use crate::balance::affinity_key;
 use crate::config::Config;
+use crate::deployment::InFlight;
 use crate::error::{ErrorKind, Rendered};
 use crate::multipart;
 use crate::openai::{peek_request, with_include_usage, with_model, PeekError};
 use crate::request_id;
-use crate::routes::{Routes, SharedRoutes};
+use crate::routes::{EndpointView, Routes, SharedRoutes};
 use crate::shutdown::Lifecycle;
 use crate::usage::{self, strip::StripUsageChunk};
 use ctx::{answered, RequestCtx, Target};
@@ -297,7 +298,7 @@ impl Gateway {
         let scrape = req.uri.path() == "/metrics"
             && (req.method == http::Method::GET || req.method == http::Method::HEAD);
         if let Some(m) = crate::metrics::get().filter(|_| scrape) {
-            let text = m.render(routes);
+            let text = m.render(routes.endpoint_views.iter().map(EndpointView::gauges));
             let id = ctx.request_id.as_ref();
             respond::full(session, 200, respond::PROMETHEUS_TEXT, text, id).await?;
             return Ok(true);
@@ -580,7 +581,7 @@ impl ProxyHttp for Gateway {
         }
         let peer = Box::new(upstream.peer());
         // A retry's guard replaces (and so ends) the failed attempt's.
-        ctx.in_flight = Some(upstream.start_request(ctx.deployment.as_ref()));
+        ctx.in_flight = Some(InFlight::start(&upstream, ctx.deployment.as_ref()));
         ctx.current = Some(upstream.clone());
         Ok(peer)
     }
