@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ai_proxy::mock::{MockConfig, MockServer, PrefixCache};
+use ai_proxy_mock::{MockConfig, MockServer, PrefixCache};
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use http_body_util::{BodyExt, Full};

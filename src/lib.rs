@@ -13,7 +13,6 @@ pub mod env;
 pub mod error;
 pub mod health;
 pub mod metrics;
-pub mod mock;
 pub mod multipart;
 pub mod openai;
 pub mod proxy;

@@ -160,7 +160,7 @@ async fn prefix_affinity_keeps_a_conversation_on_one_endpoint_and_moves_it_when_
     // later turns all go to one other endpoint.
     let home = &homes[0];
     let failing = mocks.iter().find(|m| m.name() == home).unwrap();
-    failing.set_fault(Some(ai_proxy::mock::Fault::Status {
+    failing.set_fault(Some(ai_proxy_mock::Fault::Status {
         status: 503,
         retry_after: None,
     }));

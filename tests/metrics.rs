@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use ai_proxy::mock::Fault;
+use ai_proxy_mock::Fault;
 use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

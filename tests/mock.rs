@@ -6,7 +6,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use ai_proxy::mock::Fault;
+use ai_proxy_mock::Fault;
 use bytes::Bytes;
 use common::*;
 use serde_json::{json, Value};

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use ai_proxy::mock::Fault;
+use ai_proxy_mock::Fault;
 use common::*;
 use serde_json::Value;
 

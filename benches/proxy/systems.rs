@@ -62,6 +62,36 @@ pub struct Lab {
     dir: tempfile::TempDir,
 }
 
+/// The `ai-proxy-mock` binary, built now if need be: it is another package of the workspace,
+/// so cargo does not build it for this bench, but its artifacts go to the same directory as
+/// the gateway's.
+fn mock_binary() -> Result<std::path::PathBuf, String> {
+    let gateway = Path::new(env!("CARGO_BIN_EXE_ai-proxy"));
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let profile_dir = gateway
+        .parent()
+        .ok_or("the gateway binary has no directory")?;
+    let mut build = Command::new(cargo);
+    build.args([
+        "build",
+        "--quiet",
+        "--package",
+        "ai-proxy-mock",
+        "--bin",
+        "ai-proxy-mock",
+    ]);
+    if profile_dir.ends_with("release") {
+        build.arg("--release");
+    }
+    let status = build
+        .status()
+        .map_err(|e| format!("cannot run cargo build for ai-proxy-mock: {e}"))?;
+    if !status.success() {
+        return Err(format!("cargo build of ai-proxy-mock failed: {status}"));
+    }
+    Ok(profile_dir.join("ai-proxy-mock"))
+}
+
 impl Lab {
     pub fn start(opts: &Opts, m: &Machine) -> Result<Lab, String> {
         let dir = tempfile::Builder::new()
@@ -71,7 +101,7 @@ impl Lab {
         let mut notes = Vec::new();
 
         let mock_addr = local(process::free_port()?);
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ai-proxy-mock"));
+        let mut cmd = Command::new(mock_binary()?);
         cmd.arg("--listen")
             .arg(mock_addr.to_string())
             .arg("--models")

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use super::client::{get, post_json, Resp};
 use super::gateway::Gateway;
-use ai_proxy::mock::{MockServer, RecordedRequest, StreamRecord};
+use ai_proxy_mock::{MockServer, RecordedRequest, StreamRecord};
 
 /// How often [`poll_until`] checks.
 const POLL_EVERY: Duration = Duration::from_millis(20);

@@ -9,7 +9,7 @@ use tempfile::TempDir;
 
 use super::client::Client;
 use super::free_port;
-use ai_proxy::mock::MockServer;
+use ai_proxy_mock::MockServer;
 
 /// Path of the gateway binary built by cargo for this test run.
 pub const GATEWAY_BIN: &str = env!("CARGO_BIN_EXE_ai-proxy");

@@ -40,9 +40,7 @@ pub use self::gateway::{run_gateway_cmd, Gateway, GatewayBuilder, GATEWAY_BIN};
 pub use self::load::{Load, Outcomes};
 pub use self::metrics::{delta, requests, scrape, settled_scrape, tokens, total_requests};
 pub use self::tls::{TestCa, TlsFiles};
-pub use ai_proxy::mock::{
-    MockConfig, MockKind, MockServer, MockTls, RecordedRequest, StreamRecord,
-};
+pub use ai_proxy_mock::{MockConfig, MockKind, MockServer, MockTls, RecordedRequest, StreamRecord};
 
 /// A currently free TCP port on 127.0.0.1 (bound, read, released).
 pub fn free_port() -> u16 {

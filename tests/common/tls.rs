@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use ai_proxy::mock::MockTls;
+use ai_proxy_mock::MockTls;
 use rcgen::{
     BasicConstraints, Certificate, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose,

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use ai_proxy::mock::{MockConfig, MockServer, MockTls};
+use ai_proxy_mock::{MockConfig, MockServer, MockTls};
 use clap::{Parser, ValueEnum};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]

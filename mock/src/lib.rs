@@ -1,6 +1,7 @@
 //! Bundled mock upstream: a small, fast hyper HTTP/1.1 server imitating OpenAI-compatible model servers and OCF heads.
 //!
-//! Used in-process by the integration tests, by the `ai-proxy-mock` binary and by load benches.
+//! Its own crate, so that the gateway does not depend on hyper: used in-process by the
+//! gateway's integration tests, as the `ai-proxy-mock` binary, and by its load benches.
 //!
 //! # API
 //!
@@ -314,7 +315,10 @@ impl Shared {
             .clone();
         match only {
             Some(model)
-                if crate::openai::peek_model(body).ok().flatten().as_deref()
+                if serde_json::from_slice::<serde_json::Value>(body)
+                    .ok()
+                    .as_ref()
+                    .and_then(|v| v["model"].as_str())
                     != Some(model.as_str()) =>
             {
                 None
