@@ -8,7 +8,8 @@ use bytes::Bytes;
 use http::HeaderValue;
 use pingora::proxy::Session;
 
-use super::{fallback, large_body, watchdog};
+use super::attempts::Attempts;
+use super::{fallback, watchdog};
 use crate::auth::ClientKey;
 use crate::deployment::DeploymentState;
 use crate::deployment::InFlight;
@@ -32,8 +33,9 @@ pub(super) enum Target {
 #[derive(Default)]
 pub struct RequestCtx {
     pub(super) target: Option<Target>,
-    /// Upstream ids already attempted by this request.
-    pub(super) tried: Vec<usize>,
+    /// The request's attempts: this session's own, or, in a large-body subrequest, the
+    /// client session's record that the subrequest adds to.
+    pub(super) attempts: Arc<Attempts>,
     /// The upstream of the current attempt.
     pub(super) current: Option<Arc<Upstream>>,
     /// The current attempt's deployment (its model at that upstream), when the request has a
@@ -45,8 +47,6 @@ pub struct RequestCtx {
     pub(super) attempt_body: Option<Bytes>,
     /// Where a multipart body holds its `model` field's value.
     pub(super) multipart_model: Option<std::ops::Range<usize>>,
-    /// Attempts per model, from the request's own snapshot.
-    pub(super) max_attempts: u32,
     /// Counts this request on the current attempt's endpoint until the context is dropped,
     /// i.e. until the response has truly ended.
     pub(super) in_flight: Option<InFlight>,
@@ -60,9 +60,9 @@ pub struct RequestCtx {
     pub(super) _active: Option<ActiveRequest>,
     /// The fallback models left, when the requested model has any.
     pub(super) fallbacks: Option<fallback::FallbackChain>,
-    /// In a large-body subrequest: the client session's record of attempts, which decides
-    /// failover in place of this session.
-    pub(super) parent: Option<Arc<large_body::Attempts>>,
+    /// A large-body subrequest: the client's session decides its failover (the subrequest
+    /// cannot replay its body) and renders and logs the outcome.
+    pub(super) in_subrequest: bool,
     /// In a large-body subrequest: a fallback model could take the request after this one.
     pub(super) parent_can_fall_back: bool,
     /// The current attempt's first-byte, idle and total deadlines, when Pingora's single
@@ -74,8 +74,6 @@ pub struct RequestCtx {
     pub(super) started: Option<Instant>,
     /// The gateway's own time until the request first went upstream has been recorded.
     pub(super) overhead_recorded: bool,
-    /// From the request head to the proxied response head.
-    pub(super) ttfb: Option<std::time::Duration>,
     /// The request's affinity key (`prefix_affinity` pools).
     pub(super) affinity: Option<u64>,
     /// When the current attempt's endpoint was chosen.
@@ -89,9 +87,8 @@ pub struct RequestCtx {
     pub(super) usage: Option<usage::Tail>,
     /// Removes the usage chunk the gateway asked for from the stream.
     pub(super) strip_usage: Option<StripUsageChunk>,
-    /// The answer's token usage.
-    pub(super) tokens: Option<usage::Tokens>,
-    /// The routing snapshot the request started with (from `request_filter` on).
+    /// The routing snapshot the request started with (from `request_filter` on): its
+    /// settings are the request's.
     pub(super) routes: Option<Arc<Routes>>,
     /// The position of the request's client key in that snapshot's `Auth` (when the gateway
     /// has keys): no reference count to bump per request.
@@ -113,25 +110,42 @@ impl RequestCtx {
         }
     }
 
-    /// The metrics of the request's model on the endpoint that served it.
-    pub(super) fn route_counters(&self) -> Option<&crate::metrics::RouteCounters> {
-        match (&self.target, &self.current) {
-            (Some(Target::Model { pool, .. }), Some(u)) => pool.counters(u.id),
+    /// The metrics of the request's model on the endpoint `served` it.
+    pub(super) fn route_counters(
+        &self,
+        served: &Upstream,
+    ) -> Option<&crate::metrics::RouteCounters> {
+        match &self.target {
+            Some(Target::Model { pool, .. }) => pool.counters(served.id),
             _ => None,
         }
     }
 
+    /// Attempts per model, from the request's own snapshot.
+    pub(super) fn max_attempts(&self) -> usize {
+        self.routes
+            .as_ref()
+            .map_or(1, |r| r.settings.max_attempts as usize)
+    }
+
+    /// Whether another upstream of the current model may take the request: attempts are left
+    /// and one is in service.
+    pub(super) fn model_has_untried(&self) -> bool {
+        let Some(Target::Model { pool, .. }) = &self.target else {
+            return false;
+        };
+        let max = self.max_attempts();
+        self.attempts
+            .with_tried(|tried| tried.len() < max && pool.has_candidate(tried))
+    }
+
     /// Whether another endpoint could still take this request: one of the model within
     /// `max_attempts`, or one of a fallback model.
-    pub(super) fn has_untried(&self, max_attempts: u32) -> bool {
-        match &self.target {
-            Some(Target::Model { pool, .. }) => {
-                (self.tried.len() < max_attempts as usize && pool.has_candidate(&self.tried))
-                    || self.fallbacks.as_ref().is_some_and(|f| f.available())
-                    || self.parent_can_fall_back
-            }
-            _ => false,
-        }
+    pub(super) fn has_untried(&self) -> bool {
+        self.model_has_untried()
+            || (matches!(self.target, Some(Target::Model { .. }))
+                && (self.fallbacks.as_ref().is_some_and(|f| f.available())
+                    || self.parent_can_fall_back))
     }
 
     /// Move the request to its next fallback model with an endpoint in service.
@@ -145,29 +159,26 @@ impl RequestCtx {
         );
         self.target = Some(Target::Model { model, pool });
         self.body_override = Some(body);
-        self.tried.clear();
+        self.attempts.new_model();
         true
     }
 
     /// Whether the request can go to another endpoint: attempts and endpoints are left, nothing
     /// reached the client, and the body can be replayed (from Pingora's 64 KiB retry buffer,
     /// or by the client's session for a large-body subrequest).
-    pub(super) fn can_fail_over(&self, session: &Session, max_attempts: u32) -> bool {
+    pub(super) fn can_fail_over(&self, session: &Session) -> bool {
         !answered(session)
-            && (self.parent.is_some() || !session.retry_buffer_truncated())
-            && self.has_untried(max_attempts)
+            && (self.in_subrequest || !session.retry_buffer_truncated())
+            && self.has_untried()
     }
 
     /// Ask for another attempt. Returns whether this session retries itself; a large-body
     /// subrequest instead ends, and the client's session runs a new one.
     pub(super) fn ask_another_attempt(&self) -> bool {
-        match &self.parent {
-            Some(parent) => {
-                parent.ask_retry();
-                false
-            }
-            None => true,
+        if self.in_subrequest {
+            self.attempts.ask_retry();
         }
+        !self.in_subrequest
     }
 
     /// Count a fault of the current attempt's address (connect, reset before the answer)

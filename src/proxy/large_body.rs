@@ -5,14 +5,22 @@
 //! attempt, and the client's session runs a new subrequest with the same body (a `Bytes`
 //! clone, no copy), excluding the endpoints already tried.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use pingora::proxy::subrequest::pipe::PipeSubrequestState;
+use bytes::Bytes;
+use pingora::proxy::subrequest::pipe::{
+    pipe_subrequest, InputBody, InputBodyType, PipeSubrequestState,
+};
+use pingora::proxy::subrequest::{BodyMode, Ctx as SubrequestCtx};
+use pingora::proxy::Session;
+use pingora::{Error, ErrorType, Result};
 
-use super::Target;
-use crate::usage::Tokens;
+use super::attempts::Attempts;
+use super::client_gone;
+use super::ctx::{answered, RequestCtx, Target};
+use crate::error::ErrorKind;
+use crate::routes::Routes;
 
 /// What the client's session hands each subrequest.
 pub(super) struct SubrequestRoute {
@@ -22,8 +30,9 @@ pub(super) struct SubrequestRoute {
     pub body: bytes::Bytes,
     /// Where a multipart body holds its `model` field's value.
     pub multipart_model: Option<std::ops::Range<usize>>,
-    /// Attempts per model, from the client request's snapshot.
-    pub max_attempts: u32,
+    /// The client request's snapshot: its settings are the subrequest's.
+    pub routes: Arc<Routes>,
+    /// The client request's record, which the subrequest's attempt is added to.
     pub attempts: Arc<Attempts>,
     /// A fallback model could still take the request after this model's endpoints.
     pub can_fall_back: bool,
@@ -37,73 +46,80 @@ pub(super) struct SubrequestRoute {
     pub started: Option<std::time::Instant>,
 }
 
-/// The client session's record of its subrequests' attempts.
-#[derive(Debug, Default)]
-pub(super) struct Attempts {
-    /// Endpoint ids tried so far for the current model.
-    tried: Mutex<Vec<usize>>,
-    /// The last subrequest failed before answering and another attempt may succeed.
-    retry: AtomicBool,
-    /// The upstream of the latest attempt (what the client's session reports as serving).
-    last: Mutex<Option<Arc<crate::upstream::Upstream>>>,
-    /// The time to first byte the answering subrequest saw.
-    ttfb: Mutex<Option<Duration>>,
-    /// The tokens of the answer, once it ended.
-    tokens: Mutex<Option<Tokens>>,
-}
-
-impl Attempts {
-    pub fn tried(&self) -> Vec<usize> {
-        self.lock().clone()
+/// Re-run the request as a subrequest carrying the body already read (over 64 KiB), and again
+/// on another endpoint (or fallback model) while a failed subrequest asks for it.
+pub(super) async fn forward(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    original: Bytes,
+) -> Result<bool> {
+    // The pipe does not read the client while it waits: watch the socket for a close.
+    let watch = session
+        .as_downstream()
+        .stream()
+        .and_then(|s| client_gone::ClientWatch::new(s.id()).ok());
+    let routes = ctx
+        .routes
+        .clone()
+        .ok_or_else(|| ErrorKind::Internal.err("no routing snapshot"))?;
+    let fallbacks = ctx.fallbacks.as_ref().map_or(0, |f| f.remaining());
+    // Bounded: every model gets at most `max_attempts`, and a stale connection one more.
+    for _ in 0..(ctx.max_attempts() + 1) * (fallbacks + 1) {
+        let body = ctx
+            .body_override
+            .clone()
+            .unwrap_or_else(|| original.clone());
+        let route = SubrequestRoute {
+            target: ctx
+                .target
+                .clone()
+                .ok_or_else(|| ErrorKind::Internal.err("no route"))?,
+            body: body.clone(),
+            routes: routes.clone(),
+            attempts: ctx.attempts.clone(),
+            can_fall_back: ctx.fallbacks.as_ref().is_some_and(|f| f.available()),
+            strip_usage: ctx.usage_forced,
+            affinity: ctx.affinity,
+            multipart_model: ctx.multipart_model.clone(),
+            request_id: ctx.request_id.clone(),
+            started: ctx.started,
+        };
+        let Some(spawner) = session.subrequest_spawner.as_ref() else {
+            return Err(ErrorKind::Internal.err("subrequest spawner missing"));
+        };
+        let sub_ctx = SubrequestCtx::builder()
+            .user_ctx(Box::new(route))
+            .body_mode(BodyMode::ExpectBody)
+            .build();
+        let (prepared, handle) = spawner.create_subrequest(session.as_downstream(), sub_ctx);
+        let input = InputBodyType::Preset(InputBody::Bytes(vec![body]));
+        let pipe = pipe_subrequest(session, prepared, handle, |t| Ok(Some(t)), input);
+        let piped = match &watch {
+            Some(w) => tokio::select! {
+                piped = pipe => piped,
+                () = w.closed() => {
+                    return Err(Error::explain(ErrorType::ConnectionClosed, "the client went away").into_down());
+                }
+            },
+            None => pipe.await,
+        };
+        let error = match piped {
+            Ok(state) if state.header_received => return Ok(true),
+            Ok(_) => ErrorKind::UpstreamFailed.err("the upstream sent no response"),
+            Err(e) => {
+                settle(e.state).await;
+                e.error
+            }
+        };
+        if !ctx.attempts.take_retry() || answered(session) {
+            return Err(error);
+        }
+        // Another endpoint of this model, or else the next fallback model.
+        if !ctx.model_has_untried() && !ctx.switch_to_fallback() {
+            return Err(error);
+        }
     }
-
-    pub fn push(&self, upstream: &Arc<crate::upstream::Upstream>) {
-        self.lock().push(upstream.id);
-        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(upstream.clone());
-    }
-
-    pub fn set_ttfb(&self, ttfb: Duration) {
-        *self.ttfb.lock().unwrap_or_else(|e| e.into_inner()) = Some(ttfb);
-    }
-
-    pub fn ttfb(&self) -> Option<Duration> {
-        *self.ttfb.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub fn set_tokens(&self, tokens: Option<Tokens>) {
-        *self.tokens.lock().unwrap_or_else(|e| e.into_inner()) = tokens;
-    }
-
-    pub fn tokens(&self) -> Option<Tokens> {
-        *self.tokens.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub fn last(&self) -> Option<Arc<crate::upstream::Upstream>> {
-        self.last.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    /// Forget the last attempt (a stale pooled connection: the endpoint is not to blame).
-    pub fn pop(&self) {
-        self.lock().pop();
-    }
-
-    /// A new model: its endpoints have not been tried.
-    pub fn clear(&self) {
-        self.lock().clear();
-    }
-
-    pub fn ask_retry(&self) {
-        self.retry.store(true, Ordering::Release);
-    }
-
-    /// Whether the last subrequest asked for another attempt (and reset the request).
-    pub fn take_retry(&self) -> bool {
-        self.retry.swap(false, Ordering::AcqRel)
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<usize>> {
-        self.tried.lock().unwrap_or_else(|e| e.into_inner())
-    }
+    Err(ErrorKind::UpstreamFailed.err("no attempt left for this request"))
 }
 
 /// How long a failed subrequest may take to finish its own error handling.

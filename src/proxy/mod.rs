@@ -7,6 +7,7 @@
 //! 64 KiB buffer once `request_filter` has read the body); the subrequest runs these same
 //! phases with the route decided here.
 
+mod attempts;
 mod body;
 mod client_gone;
 mod ctx;
@@ -14,17 +15,15 @@ mod failover;
 mod fallback;
 mod large_body;
 mod local;
+mod report;
 mod respond;
 mod watchdog;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::http::RequestHeader;
-use pingora::proxy::subrequest::pipe::{pipe_subrequest, InputBody, InputBodyType};
-use pingora::proxy::subrequest::{BodyMode, Ctx as SubrequestCtx};
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
@@ -185,95 +184,6 @@ impl Gateway {
             None => Err(ErrorKind::ModelNotFound.err(local::not_found_message(&model))),
         }
     }
-
-    /// Re-run the request as a subrequest carrying the body already read (over 64 KiB), and
-    /// again on another endpoint (or fallback model) while a failed subrequest asks for it.
-    async fn forward_large_body(
-        &self,
-        session: &mut Session,
-        ctx: &mut RequestCtx,
-        original: Bytes,
-    ) -> Result<bool> {
-        // The pipe does not read the client while it waits: watch the socket for a close.
-        let watch = session
-            .as_downstream()
-            .stream()
-            .and_then(|s| client_gone::ClientWatch::new(s.id()).ok());
-        let attempts = Arc::new(large_body::Attempts::default());
-        let fallbacks = ctx.fallbacks.as_ref().map_or(0, |f| f.remaining());
-        let max_attempts = ctx.max_attempts as usize;
-        // Bounded: every model gets at most `max_attempts`, and a stale connection one more.
-        for _ in 0..(max_attempts + 1) * (fallbacks + 1) {
-            let body = ctx
-                .body_override
-                .clone()
-                .unwrap_or_else(|| original.clone());
-            let route = large_body::SubrequestRoute {
-                target: ctx
-                    .target
-                    .clone()
-                    .ok_or_else(|| ErrorKind::Internal.err("no route"))?,
-                body: body.clone(),
-                attempts: attempts.clone(),
-                can_fall_back: ctx.fallbacks.as_ref().is_some_and(|f| f.available()),
-                strip_usage: ctx.usage_forced,
-                affinity: ctx.affinity,
-                max_attempts: ctx.max_attempts,
-                multipart_model: ctx.multipart_model.clone(),
-                request_id: ctx.request_id.clone(),
-                started: ctx.started,
-            };
-            let Some(spawner) = session.subrequest_spawner.as_ref() else {
-                return Err(ErrorKind::Internal.err("subrequest spawner missing"));
-            };
-            let sub_ctx = SubrequestCtx::builder()
-                .user_ctx(Box::new(route))
-                .body_mode(BodyMode::ExpectBody)
-                .build();
-            let (prepared, handle) = spawner.create_subrequest(session.as_downstream(), sub_ctx);
-            let input = InputBodyType::Preset(InputBody::Bytes(vec![body]));
-            let pipe = pipe_subrequest(session, prepared, handle, |t| Ok(Some(t)), input);
-            let piped = match &watch {
-                Some(w) => tokio::select! {
-                    piped = pipe => piped,
-                    () = w.closed() => {
-                        return Err(Error::explain(ErrorType::ConnectionClosed, "the client went away").into_down());
-                    }
-                },
-                None => pipe.await,
-            };
-            ctx.current = attempts.last();
-            ctx.ttfb = attempts.ttfb();
-            ctx.tokens = attempts.tokens();
-            ctx.tried = attempts.tried();
-            let error = match piped {
-                Ok(state) if state.header_received => return Ok(true),
-                Ok(_) => ErrorKind::UpstreamFailed.err("the upstream sent no response"),
-                Err(e) => {
-                    large_body::settle(e.state).await;
-                    e.error
-                }
-            };
-            if !attempts.take_retry() || answered(session) {
-                return Err(error);
-            }
-            // Another endpoint of this model, or else the next fallback model.
-            ctx.tried = attempts.tried();
-            let model_left = match &ctx.target {
-                Some(Target::Model { pool, .. }) => {
-                    ctx.tried.len() < max_attempts && pool.has_candidate(&ctx.tried)
-                }
-                _ => false,
-            };
-            if !model_left {
-                if !ctx.switch_to_fallback() {
-                    return Err(error);
-                }
-                attempts.clear();
-            }
-        }
-        Err(ErrorKind::UpstreamFailed.err("no attempt left for this request"))
-    }
 }
 
 impl Gateway {
@@ -318,7 +228,6 @@ impl Gateway {
                 }
             };
         }
-        ctx.max_attempts = settings.max_attempts;
         let original = body::read(session, settings.max_body_bytes, settings.body_deadline).await?;
         ctx.body = original.clone();
         let Routed {
@@ -370,7 +279,7 @@ impl Gateway {
         }
         if session.retry_buffer_truncated() {
             ctx.via_subrequest = true;
-            return self.forward_large_body(session, ctx, original).await;
+            return large_body::forward(session, ctx, original).await;
         }
         Ok(false)
     }
@@ -408,43 +317,6 @@ impl Gateway {
             }
         }
         Ok(())
-    }
-
-    fn access_log(
-        &self,
-        session: &Session,
-        e: Option<&Error>,
-        ctx: &RequestCtx,
-        status: u16,
-        duration: Option<Duration>,
-    ) {
-        use crate::access_log::{write, Entry, Timestamp};
-        let req = session.req_header();
-        let error = e.map(|e| match e.etype() {
-            ErrorType::CustomCode(code, _) => *code,
-            other => other.as_str(),
-        });
-        write(&Entry {
-            time: Timestamp::now(),
-            request_id: ctx
-                .request_id
-                .as_ref()
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or(""),
-            method: req.method.as_str(),
-            path: req.uri.path(),
-            key: ctx.client_key().map(|c| c.name.as_str()),
-            model: ctx.model(),
-            endpoint: ctx.current.as_ref().map(|u| u.endpoint.name.as_str()),
-            status,
-            attempts: ctx.tried.len(),
-            ttfb: ctx.ttfb,
-            duration,
-            bytes_in: session.as_downstream().body_bytes_read(),
-            bytes_out: session.as_downstream().body_bytes_sent(),
-            tokens: ctx.tokens,
-            error,
-        });
     }
 }
 
@@ -511,14 +383,14 @@ impl ProxyHttp for Gateway {
                 .and_then(|u| u.downcast_ref::<large_body::SubrequestRoute>())
                 .ok_or_else(|| ErrorKind::Internal.err("subrequest without a route"))?;
             ctx.target = Some(route.target.clone());
-            ctx.tried = route.attempts.tried();
-            ctx.parent = Some(route.attempts.clone());
+            ctx.routes = Some(route.routes.clone());
+            ctx.attempts = route.attempts.clone();
+            ctx.in_subrequest = true;
             ctx.request_id = route.request_id.clone();
             ctx.started = route.started;
             ctx.parent_can_fall_back = route.can_fall_back;
             ctx.usage_forced = route.strip_usage;
             ctx.affinity = route.affinity;
-            ctx.max_attempts = route.max_attempts;
             ctx.multipart_model = route.multipart_model.clone();
             ctx.body = route.body.clone();
             let body_len = route.body.len();
@@ -532,9 +404,8 @@ impl ProxyHttp for Gateway {
         }
         // The snapshot stays with the request: its client key is found in it by position.
         let routes = self.routes.load_full();
-        let handled = self.filter(session, ctx, &routes).await;
-        ctx.routes = Some(routes);
-        handled
+        ctx.routes = Some(routes.clone());
+        self.filter(session, ctx, &routes).await
     }
 
     async fn upstream_peer(
@@ -547,21 +418,26 @@ impl ProxyHttp for Gateway {
             match ctx.target.as_ref() {
                 Some(Target::Model { model, pool }) => {
                     // `select` may claim an endpoint's trial: only call it to send.
-                    if ctx.tried.len() < ctx.max_attempts as usize {
-                        if let Some(d) = pool.select(&ctx.tried, ctx.affinity) {
-                            // The body names the model as the client (or a fallback) does; this
-                            // deployment may know it by another id.
-                            let renamed = Some(&d.upstream_model).filter(|id| ***id != **model);
-                            ctx.attempt_body = renamed.and_then(|id| {
-                                let body = ctx.body_override.as_ref().unwrap_or(&ctx.body);
-                                match &ctx.multipart_model {
-                                    Some(at) => Some(multipart::with_value(body, at.clone(), id)),
-                                    None => with_model(body, id),
-                                }
-                            });
-                            ctx.deployment = Some(d.state.clone());
-                            break d.upstream.clone();
-                        }
+                    let max = ctx.max_attempts();
+                    let affinity = ctx.affinity;
+                    let chosen = ctx.attempts.with_tried(|tried| {
+                        (tried.len() < max)
+                            .then(|| pool.select(tried, affinity))
+                            .flatten()
+                    });
+                    if let Some(d) = chosen {
+                        // The body names the model as the client (or a fallback) does; this
+                        // deployment may know it by another id.
+                        let renamed = Some(&d.upstream_model).filter(|id| ***id != **model);
+                        ctx.attempt_body = renamed.and_then(|id| {
+                            let body = ctx.body_override.as_ref().unwrap_or(&ctx.body);
+                            match &ctx.multipart_model {
+                                Some(at) => Some(multipart::with_value(body, at.clone(), id)),
+                                None => with_model(body, id),
+                            }
+                        });
+                        ctx.deployment = Some(d.state.clone());
+                        break d.upstream.clone();
                     }
                     let model = model.clone();
                     if !ctx.switch_to_fallback() {
@@ -573,12 +449,9 @@ impl ProxyHttp for Gateway {
                 None => return Err(ErrorKind::Internal.err("no route decided")),
             }
         };
-        ctx.tried.push(upstream.id);
+        ctx.attempts.push(&upstream);
         ctx.attempt_started = Some(Instant::now());
         upstream.count_attempt();
-        if let Some(parent) = &ctx.parent {
-            parent.push(&upstream);
-        }
         let peer = Box::new(upstream.peer());
         // A retry's guard replaces (and so ends) the failed attempt's.
         ctx.in_flight = Some(InFlight::start(&upstream, ctx.deployment.as_ref()));
@@ -595,7 +468,7 @@ impl ProxyHttp for Gateway {
         mut e: Box<Error>,
     ) -> Box<Error> {
         ctx.blame_address(e.etype().as_str());
-        if ctx.has_untried(ctx.max_attempts) {
+        if ctx.has_untried() {
             log::warn!(
                 "connect to {peer} failed ({}); trying another endpoint for model {}",
                 e.etype().as_str(),
@@ -649,13 +522,10 @@ impl ProxyHttp for Gateway {
                 e.etype(),
                 ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
             );
-        let replayable = ctx.parent.is_some() || !session.retry_buffer_truncated();
+        let replayable = ctx.in_subrequest || !session.retry_buffer_truncated();
         if stale_connection && replayable && ctx.stale_retries == 0 {
             ctx.stale_retries += 1;
-            ctx.tried.pop();
-            if let Some(parent) = &ctx.parent {
-                parent.pop();
-            }
+            ctx.attempts.forget_last();
             e.set_retry(ctx.ask_another_attempt());
             return e;
         }
@@ -668,7 +538,7 @@ impl ProxyHttp for Gateway {
         } else {
             ctx.blame_address(e.etype().as_str());
         }
-        if ctx.can_fail_over(session, ctx.max_attempts) {
+        if ctx.can_fail_over(session) {
             log::warn!(
                 "upstream {} failed before answering ({}); trying another endpoint for model {}",
                 ctx.current
@@ -708,7 +578,7 @@ impl ProxyHttp for Gateway {
             a if a.blames_endpoint() => ctx.blame_model(header.status.as_str()),
             _ => ctx.record_success(),
         }
-        if answer.retryable() && ctx.can_fail_over(session, ctx.max_attempts) {
+        if answer.retryable() && ctx.can_fail_over(session) {
             log::warn!(
                 "upstream {} answered HTTP {}; trying another endpoint for model {}",
                 ep.name,
@@ -728,10 +598,7 @@ impl ProxyHttp for Gateway {
         }
         if let Some(t) = ctx.started {
             let ttfb = t.elapsed();
-            ctx.ttfb = Some(ttfb);
-            if let Some(parent) = &ctx.parent {
-                parent.set_ttfb(ttfb);
-            }
+            ctx.attempts.set_ttfb(ttfb);
             if let Some(m) = crate::metrics::get() {
                 m.time_to_first_byte.observe(ttfb);
             }
@@ -838,11 +705,8 @@ impl ProxyHttp for Gateway {
                     tail.push(chunk);
                 }
             } else {
-                ctx.tokens = tail.tokens_at_end(body.as_deref());
+                ctx.attempts.set_tokens(tail.tokens_at_end(body.as_deref()));
                 ctx.usage = None;
-                if let Some(parent) = &ctx.parent {
-                    parent.set_tokens(ctx.tokens);
-                }
             }
         }
         if let Some(strip) = &mut ctx.strip_usage {
@@ -948,54 +812,9 @@ impl ProxyHttp for Gateway {
 
     /// Once per client request (a large-body subrequest is part of its client's request).
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
-        if session.subrequest_ctx.is_some() {
-            return;
+        if session.subrequest_ctx.is_none() {
+            crate::downstream::request_done();
+            report::request_done(session, e, ctx);
         }
-        crate::downstream::request_done();
-        // No response at all: the client went away first (nginx's 499).
-        let status = session
-            .response_written()
-            .map_or(499, |h| h.status.as_u16());
-        let duration = ctx.started.map(|t| t.elapsed());
-        if let Some(m) = crate::metrics::get() {
-            // `StatusCode` keeps the digits as static text: no formatting per request.
-            let code = http::StatusCode::from_u16(status).ok();
-            let code = code.as_ref().map_or("other", |c| c.as_str());
-            match ctx.route_counters() {
-                Some(route) => {
-                    route.request(m, code);
-                    if let Some(tokens) = ctx.tokens {
-                        route.tokens(tokens);
-                    }
-                }
-                // Answered by the gateway itself, or a request without a model.
-                None => {
-                    let endpoint = ctx
-                        .current
-                        .as_ref()
-                        .map_or("", |u| u.endpoint.name.as_str());
-                    m.requests
-                        .with_label_values(&[ctx.model().unwrap_or(""), endpoint, code])
-                        .inc();
-                }
-            }
-            if let Some(d) = duration {
-                m.request_duration.observe(d);
-            }
-        }
-        if crate::access_log::enabled() {
-            self.access_log(session, e, ctx, status, duration);
-        }
-        if !log::log_enabled!(log::Level::Debug) {
-            return;
-        }
-        log::debug!(
-            "{} {} model={} status={status} attempts={} error={}",
-            session.req_header().method,
-            session.req_header().uri.path(),
-            ctx.model().unwrap_or("-"),
-            ctx.tried.len(),
-            e.map_or("-".to_string(), |e| e.etype().as_str().to_string()),
-        );
     }
 }
