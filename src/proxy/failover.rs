@@ -1,11 +1,146 @@
-//! How the gateway judges an upstream's response head: pass it on, or blame the endpoint and,
-//! while nothing has reached the client, try another one.
+//! Failover: how the gateway judges an upstream's failure or response head (pass it on, or
+//! blame the address or the model) and, while nothing has reached the client, whether the
+//! request tries another endpoint. Pingora's phases only carry these decisions out.
 
 use std::time::{Duration, SystemTime};
 
 use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorSource, ErrorType, Result};
 
+use super::ctx::{answered, RequestCtx};
 use crate::endpoint::EndpointKind;
+use crate::error::ErrorKind;
+use crate::upstream::Upstream;
+
+/// Nothing was sent: the address is blamed, and another endpoint of the model can take the
+/// request.
+pub(super) fn after_connect_failure(
+    ctx: &mut RequestCtx,
+    peer: &HttpPeer,
+    mut e: Box<Error>,
+) -> Box<Error> {
+    ctx.blame_address(e.etype().as_str());
+    if ctx.has_untried() {
+        log::warn!(
+            "connect to {peer} failed ({}); trying another endpoint for model {}",
+            e.etype().as_str(),
+            ctx.model().unwrap_or("-")
+        );
+        e.set_retry(ctx.ask_another_attempt());
+    }
+    e
+}
+
+/// Decides what an error after connecting leads to, while nothing reached the client:
+/// - an answer `upstream_response_filter` turned down: the next endpoint;
+/// - a pooled connection the upstream had closed: once more on a fresh connection to the
+///   same endpoint (not the endpoint's fault);
+/// - any other upstream failure (timeout before the first byte, reset, bad answer): blamed
+///   on the endpoint, then the next endpoint.
+///
+/// Client-side errors (the client went away) are final.
+pub(super) fn after_proxy_error(
+    session: &Session,
+    ctx: &mut RequestCtx,
+    mut e: Box<Error>,
+    client_reused: bool,
+) -> Box<Error> {
+    if std::mem::take(&mut ctx.fail_over) {
+        e.set_retry(true);
+        return e;
+    }
+    e.set_retry(false);
+    if let Some(expired) = ctx.watchdog.as_ref().and_then(|w| w.expired()) {
+        // The watchdog shut the socket: say which deadline passed, not "connection closed".
+        let limits = ctx
+            .current
+            .as_ref()
+            .map(|u| u.endpoint.timeouts)
+            .unwrap_or_default();
+        e = ErrorKind::UpstreamTimeout.err(format!(
+            "the upstream timed out: {}",
+            expired.describe(&limits)
+        ));
+        e.esource = ErrorSource::Upstream;
+    }
+    if *e.esource() != ErrorSource::Upstream {
+        return e;
+    }
+    let stale_connection = client_reused
+        && !answered(session)
+        && matches!(
+            e.etype(),
+            ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
+        );
+    let replayable = ctx.in_subrequest || !session.retry_buffer_truncated();
+    if stale_connection && replayable && ctx.stale_retries == 0 {
+        ctx.stale_retries += 1;
+        ctx.attempts.forget_last();
+        e.set_retry(ctx.ask_another_attempt());
+        return e;
+    }
+    // A timeout before the first byte is the model's (a server busy with it); a reset or
+    // a broken answer before it is the address's.
+    let timed_out =
+        e.etype() == &ErrorType::ReadTimedout || matches!(e.etype(), ErrorType::CustomCode(_, 504));
+    if timed_out {
+        ctx.blame_model(e.etype().as_str());
+    } else {
+        ctx.blame_address(e.etype().as_str());
+    }
+    if ctx.can_fail_over(session) {
+        log::warn!(
+            "upstream {} failed before answering ({}); trying another endpoint for model {}",
+            ctx.current
+                .as_ref()
+                .map_or("-", |u| u.endpoint.name.as_str()),
+            e.etype().as_str(),
+            ctx.model().unwrap_or("-")
+        );
+        e.set_retry(ctx.ask_another_attempt());
+    }
+    e
+}
+
+/// Judges an upstream's answer before any of it goes to the client: an error moves the
+/// request to another endpoint (while one is left) or ends it; `Ok` passes the answer on.
+pub(super) fn judge_answer(
+    session: &Session,
+    ctx: &mut RequestCtx,
+    upstream: &Upstream,
+    header: &ResponseHeader,
+) -> Result<()> {
+    let ep = &upstream.endpoint;
+    let answer = judge(ep.kind, header);
+    // The server answered: whatever the answer says is about the model, not the address.
+    match answer {
+        Answer::RateLimited(Some(wait)) => ctx.hold_for(wait),
+        a if a.blames_endpoint() => ctx.blame_model(header.status.as_str()),
+        _ => ctx.record_success(),
+    }
+    if answer.retryable() && ctx.can_fail_over(session) {
+        log::warn!(
+            "upstream {} answered HTTP {}; trying another endpoint for model {}",
+            ep.name,
+            header.status.as_u16(),
+            ctx.model().unwrap_or("-")
+        );
+        ctx.fail_over = ctx.ask_another_attempt();
+        return Err(ErrorKind::UpstreamFailed.err(format!(
+            "endpoint {} answered HTTP {}",
+            ep.name,
+            header.status.as_u16()
+        )));
+    }
+    if answer == Answer::OcfForwardFailed {
+        return Err(
+            ErrorKind::UpstreamFailed.err("the ocf head could not forward the request to a peer")
+        );
+    }
+    Ok(())
+}
 
 /// The verdict on one response head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

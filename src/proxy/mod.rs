@@ -1,4 +1,9 @@
-//! The Pingora `ProxyHttp`: answers local routes, reads the body's `model`, picks an upstream
+//! The Pingora `ProxyHttp`: its phases carry out what the files below decide. Access checks
+//! (access.rs), the routing target (target.rs), failover (failover.rs, fallback.rs, with the
+//! request's attempts.rs record), the report at the end (report.rs); local routes, bodies and
+//! responses (local.rs, body.rs, respond.rs).
+//!
+//! In short: answers local routes, reads the body's `model`, picks an upstream
 //! from the model's pool, rewrites the request for it, retries connect failures on another
 //! endpoint, and renders every gateway error as OpenAI error JSON in `fail_to_proxy`.
 //!
@@ -7,6 +12,7 @@
 //! 64 KiB buffer once `request_filter` has read the body); the subrequest runs these same
 //! phases with the route decided here.
 
+mod access;
 mod attempts;
 mod body;
 mod client_gone;
@@ -17,6 +23,7 @@ mod large_body;
 mod local;
 mod report;
 mod respond;
+mod target;
 mod watchdog;
 
 use std::time::{Duration, Instant};
@@ -28,13 +35,11 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
-use crate::auth::Auth;
-use crate::balance::affinity_key;
 use crate::config::Config;
 use crate::deployment::InFlight;
 use crate::error::{ErrorKind, Rendered};
 use crate::multipart;
-use crate::openai::{peek_request, with_include_usage, with_model, PeekError};
+use crate::openai::{with_include_usage, with_model};
 use crate::request_id;
 use crate::routes::{EndpointView, Routes, SharedRoutes};
 use crate::shutdown::Lifecycle;
@@ -45,29 +50,6 @@ use ctx::{answered, RequestCtx, Target};
 const ENDPOINT_HEADER: &str = "x-ai-proxy-endpoint";
 /// Names the model the gateway routed the response to (a fallback's, after a fallback).
 const MODEL_HEADER: &str = "x-ai-proxy-model";
-
-/// Routes whose streams end with a usage chunk when asked (`stream_options.include_usage`).
-const STREAM_USAGE_ROUTES: &[&str] = &["/v1/chat/completions", "/v1/completions"];
-
-/// Routes whose requests are meaningless without a `model`: a JSON body without one is a 400.
-const MODEL_ROUTES: &[&str] = &[
-    "/v1/chat/completions",
-    "/v1/completions",
-    "/v1/embeddings",
-    "/v1/responses",
-];
-
-/// Where a request goes, as its body says.
-struct Routed {
-    target: Target,
-    /// The gateway is to ask for the stream's usage (`stream_usage: force`, a stream whose
-    /// client did not).
-    force_usage: bool,
-    /// The request's affinity key, when its pool's policy wants one.
-    affinity: Option<u64>,
-    /// Where a multipart body holds its `model` field's value.
-    multipart_model: Option<std::ops::Range<usize>>,
-}
 
 /// The gateway's proxy logic. What a reload can change comes with each routing snapshot
 /// (`Routes::settings`); the rest is fixed for the life of the process.
@@ -87,106 +69,6 @@ impl Gateway {
         }
     }
 
-    /// Decide the target of a proxied request from its body.
-    fn target(&self, session: &Session, routes: &Routes, body: &[u8]) -> Result<Routed> {
-        let default = || {
-            routes
-                .default_upstream
-                .clone()
-                .map(|u| Routed {
-                    target: Target::Default(u),
-                    force_usage: false,
-                    affinity: None,
-                    multipart_model: None,
-                })
-                .ok_or_else(|| ErrorKind::NoHealthyEndpoint.err("no endpoint is reachable yet"))
-        };
-        let path = session.req_header().uri.path();
-        let needs_model = MODEL_ROUTES.contains(&path);
-        if body.is_empty() {
-            if needs_model && session.req_header().method == http::Method::POST {
-                return Err(ErrorKind::InvalidRequest
-                    .err("the request body is empty; it needs a JSON object with a `model`"));
-            }
-            return default();
-        }
-        if let Some(content_type) = multipart_type(session) {
-            let field = crate::multipart::model_field(content_type, body)
-                .map_err(|why| ErrorKind::InvalidRequest.err(why))?;
-            let Some(range) = field else {
-                return default();
-            };
-            let model = String::from_utf8_lossy(&body[range.clone()])
-                .trim()
-                .to_string();
-            let fields = crate::openai::RequestFields::default();
-            let mut routed = self.model_target(session, routes, model, &fields, false)?;
-            routed.multipart_model = Some(range);
-            return Ok(routed);
-        }
-        let fields = match peek_request(body) {
-            Ok(f) => f,
-            Err(PeekError::NotJson(why)) => {
-                return Err(ErrorKind::InvalidRequest.err(format!(
-                    "the request body is not a valid JSON object: {why}"
-                )))
-            }
-        };
-        let force_usage = routes.settings.force_stream_usage
-            && STREAM_USAGE_ROUTES.contains(&path)
-            && fields.stream_without_usage();
-        let model = match fields.model.as_deref() {
-            Some(m) => m.to_owned(),
-            None if needs_model => {
-                return Err(
-                    ErrorKind::InvalidRequest.err("the request body needs a string `model` field")
-                )
-            }
-            None => return default(),
-        };
-        self.model_target(session, routes, model, &fields, force_usage)
-    }
-
-    /// The target of a request for `model`.
-    fn model_target(
-        &self,
-        session: &Session,
-        routes: &Routes,
-        model: String,
-        fields: &crate::openai::RequestFields<'_>,
-        force_usage: bool,
-    ) -> Result<Routed> {
-        match routes.pool(&model) {
-            Some(pool) => {
-                let affinity = pool.wants_affinity().then(|| {
-                    let session_id = session
-                        .req_header()
-                        .headers
-                        .get(affinity_key::SESSION_HEADER);
-                    affinity_key::key(
-                        routes.settings.affinity_key,
-                        fields,
-                        session_id.map(|v| v.as_bytes()),
-                    )
-                });
-                Ok(Routed {
-                    target: Target::Model {
-                        pool: pool.clone(),
-                        model,
-                    },
-                    force_usage,
-                    affinity: affinity.flatten(),
-                    multipart_model: None,
-                })
-            }
-            None if !routes.ready => Err(ErrorKind::NoHealthyEndpoint
-                .err("model discovery has not completed yet; retry shortly")),
-            None => Err(ErrorKind::ModelNotFound.err(local::not_found_message(&model))),
-        }
-    }
-}
-
-impl Gateway {
     /// `request_filter` of a client's request, with the routing snapshot it started with.
     async fn filter(
         &self,
@@ -196,15 +78,9 @@ impl Gateway {
     ) -> Result<bool> {
         let req = session.req_header();
         ctx.request_id = Some(request_id::for_request(req.headers.get(request_id::HEADER)));
-        let head_bytes = head_size(req);
         let settings = &routes.settings;
-        if head_bytes > settings.max_header_bytes {
-            return Err(ErrorKind::HeaderTooLarge.err(format!(
-                "the request head is {head_bytes} bytes, over the limit of {}",
-                settings.max_header_bytes
-            )));
-        }
-        self.authorize(&settings.auth, req, ctx)?;
+        access::check_head_size(req, settings.max_header_bytes)?;
+        access::authorize(&settings.auth, req, ctx)?;
         let scrape = req.uri.path() == "/metrics"
             && (req.method == http::Method::GET || req.method == http::Method::HEAD);
         if let Some(m) = crate::metrics::get().filter(|_| scrape) {
@@ -230,26 +106,15 @@ impl Gateway {
         }
         let original = body::read(session, settings.max_body_bytes, settings.body_deadline).await?;
         ctx.body = original.clone();
-        let Routed {
+        let target::Routed {
             target,
             force_usage,
             affinity,
             multipart_model,
-        } = self.target(session, routes, &original)?;
+        } = target::decide(session, routes, &original)?;
         ctx.multipart_model = multipart_model;
         if let Some(client) = client {
-            let model = match &target {
-                Target::Model { model, .. } => Some(model.as_str()),
-                Target::Default(_) => None,
-            };
-            let allowed = model.map_or(client.allows_any_model(), |m| client.allows(m));
-            if !allowed {
-                client.count_refusal("model_not_allowed");
-                return Err(local::refused_model(
-                    model,
-                    settings.auth.hide_unlisted_models,
-                ));
-            }
+            access::check_model(client, &target, settings.auth.hide_unlisted_models)?;
         }
         ctx.affinity = affinity;
         if force_usage {
@@ -283,77 +148,6 @@ impl Gateway {
         }
         Ok(false)
     }
-
-    /// Access control, before the body is read: `/health` and `/ready` are open, the admin
-    /// routes (`/metrics`, `/v1/endpoints`) need the admin key, every other route a client
-    /// key (when the gateway has keys) within its rate limit. The model check comes once the
-    /// body has named the model.
-    fn authorize(&self, auth: &Auth, req: &RequestHeader, ctx: &mut RequestCtx) -> Result<()> {
-        let path = req.uri.path();
-        if path == "/health" || path == "/ready" {
-            return Ok(());
-        }
-        let admin = path == "/metrics" || path == "/v1/endpoints";
-        let checked = if admin {
-            auth.admin(&req.headers)
-        } else {
-            auth.client(&req.headers).map(|c| ctx.client = c)
-        };
-        if let Err(denied) = checked {
-            if let Some(m) = crate::metrics::get() {
-                m.client_refused("-", "invalid_key");
-            }
-            return Err(ErrorKind::InvalidApiKey.err(denied.message(admin)));
-        }
-        if let Some(client) = ctx.client.and_then(|at| auth.key(at)) {
-            if let Err(wait) = client.admit() {
-                client.count_refusal("rate_limited");
-                ctx.retry_after = Some(wait);
-                return Err(ErrorKind::RateLimited.err(format!(
-                    "Rate limit reached for this API key: {} requests per minute. Retry in {:.1} s.",
-                    client.requests_per_minute().unwrap_or_default(),
-                    wait.as_secs_f64()
-                )));
-            }
-        }
-        Ok(())
-    }
-}
-
-/// The size of a request head as sent: request line and header lines.
-fn head_size(req: &RequestHeader) -> usize {
-    let line = req.method.as_str().len() + req.raw_path().len() + 12;
-    req.headers
-        .iter()
-        .map(|(k, v)| k.as_str().len() + v.len() + 4)
-        .sum::<usize>()
-        + line
-}
-
-/// The content type of a multipart request.
-fn multipart_type(session: &Session) -> Option<&[u8]> {
-    session
-        .req_header()
-        .headers
-        .get(http::header::CONTENT_TYPE)
-        .map(|v| v.as_bytes())
-        .filter(|v| v.starts_with(b"multipart/"))
-}
-
-/// The SSE event that ends a stream the upstream cut: `data: {"error": {...}}`, the shape both
-/// OpenAI SDKs raise on (Python `APIError`, Node `APIError`), with no `[DONE]` after it.
-fn stream_error_event(r: &Rendered, model: Option<&str>) -> Bytes {
-    let mut r = r.clone();
-    r.message = format!(
-        "the upstream stream was interrupted before it finished ({}){}",
-        r.message,
-        model.map_or(String::new(), |m| format!(" (model `{m}`)"))
-    );
-    let mut event = Vec::with_capacity(256);
-    event.extend_from_slice(b"data: ");
-    event.extend_from_slice(&r.body());
-    event.extend_from_slice(b"\n\n");
-    Bytes::from(event)
 }
 
 #[async_trait]
@@ -465,91 +259,21 @@ impl ProxyHttp for Gateway {
         _session: &mut Session,
         peer: &HttpPeer,
         ctx: &mut RequestCtx,
-        mut e: Box<Error>,
+        e: Box<Error>,
     ) -> Box<Error> {
-        ctx.blame_address(e.etype().as_str());
-        if ctx.has_untried() {
-            log::warn!(
-                "connect to {peer} failed ({}); trying another endpoint for model {}",
-                e.etype().as_str(),
-                ctx.model().unwrap_or("-")
-            );
-            e.set_retry(ctx.ask_another_attempt());
-        }
-        e
+        failover::after_connect_failure(ctx, peer, e)
     }
 
-    /// Decides what an error after connecting leads to, while nothing reached the client:
-    /// - an answer `upstream_response_filter` turned down: the next endpoint;
-    /// - a pooled connection the upstream had closed: once more on a fresh connection to the
-    ///   same endpoint (not the endpoint's fault);
-    /// - any other upstream failure (timeout before the first byte, reset, bad answer): blamed
-    ///   on the endpoint, then the next endpoint.
-    ///
-    /// Client-side errors (the client went away) are final.
+    /// See [`failover::after_proxy_error`].
     fn error_while_proxy(
         &self,
         _peer: &HttpPeer,
         session: &mut Session,
-        mut e: Box<Error>,
+        e: Box<Error>,
         ctx: &mut RequestCtx,
         client_reused: bool,
     ) -> Box<Error> {
-        if std::mem::take(&mut ctx.fail_over) {
-            e.set_retry(true);
-            return e;
-        }
-        e.set_retry(false);
-        if let Some(expired) = ctx.watchdog.as_ref().and_then(|w| w.expired()) {
-            // The watchdog shut the socket: say which deadline passed, not "connection closed".
-            let limits = ctx
-                .current
-                .as_ref()
-                .map(|u| u.endpoint.timeouts)
-                .unwrap_or_default();
-            e = ErrorKind::UpstreamTimeout.err(format!(
-                "the upstream timed out: {}",
-                expired.describe(&limits)
-            ));
-            e.esource = ErrorSource::Upstream;
-        }
-        if *e.esource() != ErrorSource::Upstream {
-            return e;
-        }
-        let stale_connection = client_reused
-            && !answered(session)
-            && matches!(
-                e.etype(),
-                ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
-            );
-        let replayable = ctx.in_subrequest || !session.retry_buffer_truncated();
-        if stale_connection && replayable && ctx.stale_retries == 0 {
-            ctx.stale_retries += 1;
-            ctx.attempts.forget_last();
-            e.set_retry(ctx.ask_another_attempt());
-            return e;
-        }
-        // A timeout before the first byte is the model's (a server busy with it); a reset or
-        // a broken answer before it is the address's.
-        let timed_out = e.etype() == &ErrorType::ReadTimedout
-            || matches!(e.etype(), ErrorType::CustomCode(_, 504));
-        if timed_out {
-            ctx.blame_model(e.etype().as_str());
-        } else {
-            ctx.blame_address(e.etype().as_str());
-        }
-        if ctx.can_fail_over(session) {
-            log::warn!(
-                "upstream {} failed before answering ({}); trying another endpoint for model {}",
-                ctx.current
-                    .as_ref()
-                    .map_or("-", |u| u.endpoint.name.as_str()),
-                e.etype().as_str(),
-                ctx.model().unwrap_or("-")
-            );
-            e.set_retry(ctx.ask_another_attempt());
-        }
-        e
+        failover::after_proxy_error(session, ctx, e, client_reused)
     }
 
     /// Judges the upstream's answer before any of it goes to the client: a failure moves the
@@ -571,31 +295,7 @@ impl ProxyHttp for Gateway {
         if let Some(w) = &ctx.watchdog {
             w.head();
         }
-        let answer = failover::judge(ep.kind, header);
-        // The server answered: whatever the answer says is about the model, not the address.
-        match answer {
-            failover::Answer::RateLimited(Some(wait)) => ctx.hold_for(wait),
-            a if a.blames_endpoint() => ctx.blame_model(header.status.as_str()),
-            _ => ctx.record_success(),
-        }
-        if answer.retryable() && ctx.can_fail_over(session) {
-            log::warn!(
-                "upstream {} answered HTTP {}; trying another endpoint for model {}",
-                ep.name,
-                header.status.as_u16(),
-                ctx.model().unwrap_or("-")
-            );
-            ctx.fail_over = ctx.ask_another_attempt();
-            return Err(ErrorKind::UpstreamFailed.err(format!(
-                "endpoint {} answered HTTP {}",
-                ep.name,
-                header.status.as_u16()
-            )));
-        }
-        if answer == failover::Answer::OcfForwardFailed {
-            return Err(ErrorKind::UpstreamFailed
-                .err("the ocf head could not forward the request to a peer"));
-        }
+        failover::judge_answer(session, ctx, &upstream, header)?;
         if let Some(t) = ctx.started {
             let ttfb = t.elapsed();
             ctx.attempts.set_ttfb(ttfb);
@@ -761,7 +461,7 @@ impl ProxyHttp for Gateway {
                     .response_written()
                     .is_some_and(failover::is_event_stream);
             if let (true, Some(r)) = (cut_stream, &rendered) {
-                let event = stream_error_event(r, ctx.model());
+                let event = respond::stream_error_event(r, ctx.model());
                 if let Err(write_err) = session.write_response_body(Some(event), true).await {
                     log::debug!("could not send the stream error event: {write_err}");
                 }

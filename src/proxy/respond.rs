@@ -6,6 +6,7 @@ use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use pingora::Result;
 
+use crate::error::Rendered;
 use crate::request_id;
 
 /// Prometheus' text exposition format.
@@ -64,4 +65,20 @@ async fn write(
     h.insert_header(http::header::CACHE_CONTROL, "no-store")?;
     session.write_response_header(Box::new(h), false).await?;
     session.write_response_body(Some(body), true).await
+}
+
+/// The SSE event that ends a stream the upstream cut: `data: {"error": {...}}`, the shape both
+/// OpenAI SDKs raise on (Python `APIError`, Node `APIError`), with no `[DONE]` after it.
+pub fn stream_error_event(r: &Rendered, model: Option<&str>) -> Bytes {
+    let mut r = r.clone();
+    r.message = format!(
+        "the upstream stream was interrupted before it finished ({}){}",
+        r.message,
+        model.map_or(String::new(), |m| format!(" (model `{m}`)"))
+    );
+    let mut event = Vec::with_capacity(256);
+    event.extend_from_slice(b"data: ");
+    event.extend_from_slice(&r.body());
+    event.extend_from_slice(b"\n\n");
+    Bytes::from(event)
 }
