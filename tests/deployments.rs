@@ -286,3 +286,74 @@ for _ in range(3):
     assert!(!body.contains("whisper-1"), "not the public name");
     assert!(sent[0].body.len() > 200 * 1024, "the whole file arrives");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multipart_request_falls_back_with_its_model_field_rewritten() {
+    let asr = start_mock(MockConfig::openai("asr", ["openai/whisper-large-v3"])).await;
+    let small = start_mock(MockConfig::openai("small", ["whisper-small"])).await;
+    asr.set_fault(Some(Fault::Status {
+        status: 503,
+        retry_after: None,
+    }));
+    let yaml = format!(
+        "listen: \"127.0.0.1:{{port}}\"\nthreads: 2\ntimeout_secs: 10\n\
+         fallbacks: {{whisper-1: [whisper-small]}}\nendpoints:\n\
+         \x20 - url: {}\n    name: asr\n    models:\n      - {{id: openai/whisper-large-v3, name: whisper-1}}\n\
+         \x20 - url: {}\n    name: small\n",
+        asr.url(),
+        small.url()
+    );
+    let gw = Gateway::start(&yaml).await;
+    wait_discovered(&gw, "asr").await;
+    wait_discovered(&gw, "small").await;
+
+    // A body inside Pingora's retry buffer and one over it (the large-body path).
+    let script = r#"
+import sys, openai
+client = openai.OpenAI(base_url=sys.argv[1] + "/v1", api_key="sk-client", max_retries=0)
+for kib in (8, 200):
+    audio = b"RIFF" + bytes(kib * 1024)
+    r = client.audio.transcriptions.with_raw_response.create(
+        model="whisper-1", file=("a.wav", audio, "audio/wav"))
+    print(r.headers.get("x-ai-proxy-model"), r.parse().text)
+"#;
+    let (python, base) = (sdk_python(), gw.at(""));
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(python)
+            .arg("-c")
+            .arg(script)
+            .arg(base)
+            .output()
+    })
+    .await
+    .unwrap()
+    .expect("run the SDK");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        stdout.lines().collect::<Vec<_>>(),
+        ["whisper-small transcribed by small"; 2]
+    );
+    let sent = inference_requests(&small);
+    assert_eq!(sent.len(), 2);
+    for (r, kib) in sent.iter().zip([8, 200]) {
+        let body = String::from_utf8_lossy(&r.body);
+        assert!(
+            body.contains("\r\n\r\nwhisper-small\r\n"),
+            "{kib} KiB: the field names the fallback"
+        );
+        assert!(!body.contains("whisper-1"), "{kib} KiB");
+        assert!(
+            r.body.len() > kib * 1024,
+            "{kib} KiB: the whole file arrives"
+        );
+    }
+    assert!(
+        !inference_requests(&asr).is_empty(),
+        "the failing model was tried first"
+    );
+}

@@ -72,14 +72,9 @@ fn mock_binary() -> Result<std::path::PathBuf, String> {
         .parent()
         .ok_or("the gateway binary has no directory")?;
     let mut build = Command::new(cargo);
-    build.args([
-        "build",
-        "--quiet",
-        "--package",
-        "ai-proxy-mock",
-        "--bin",
-        "ai-proxy-mock",
-    ]);
+    // As a default member (no `--package`), with the features of `cargo build --bins`: the
+    // binary that build made is reused.
+    build.args(["build", "--quiet", "--bin", "ai-proxy-mock"]);
     if profile_dir.ends_with("release") {
         build.arg("--release");
     }

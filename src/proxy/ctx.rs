@@ -9,6 +9,7 @@ use http::HeaderValue;
 use pingora::proxy::Session;
 
 use super::attempts::Attempts;
+use super::model_field::ModelField;
 use super::{fallback, watchdog};
 use crate::auth::ClientKey;
 use crate::deployment::DeploymentState;
@@ -45,8 +46,8 @@ pub struct RequestCtx {
     pub(super) body: Bytes,
     /// The body of the current attempt when its deployment knows the model by another id.
     pub(super) attempt_body: Option<Bytes>,
-    /// Where a multipart body holds its `model` field's value.
-    pub(super) multipart_model: Option<std::ops::Range<usize>>,
+    /// Where the body sent to the current model (`body_override`, else `body`) names it.
+    pub(super) model_field: ModelField,
     /// Counts this request on the current attempt's endpoint until the context is dropped,
     /// i.e. until the response has truly ended.
     pub(super) in_flight: Option<InFlight>,
@@ -150,7 +151,8 @@ impl RequestCtx {
 
     /// Move the request to its next fallback model with an endpoint in service.
     pub(super) fn switch_to_fallback(&mut self) -> bool {
-        let Some((model, pool, body)) = self.fallbacks.as_mut().and_then(|f| f.advance()) else {
+        let Some((model, pool, (body, field))) = self.fallbacks.as_mut().and_then(|f| f.advance())
+        else {
             return false;
         };
         log::warn!(
@@ -159,6 +161,7 @@ impl RequestCtx {
         );
         self.target = Some(Target::Model { model, pool });
         self.body_override = Some(body);
+        self.model_field = field;
         self.attempts.new_model();
         true
     }

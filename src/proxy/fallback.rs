@@ -1,19 +1,22 @@
 //! Model fallbacks (`fallbacks:` in the config): when every endpoint of a request's model failed
 //! before answering, or none is in service, the request moves to the next fallback model that
-//! has an endpoint in service, with the body's `model` rewritten to that model's id.
+//! has an endpoint in service, with the body's `model` (JSON or a multipart field) rewritten
+//! to that model's name.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::openai::with_model;
+use super::model_field::ModelField;
 use crate::routes::{Pool, Routes};
 
 /// The fallback models a request may still move to, and the body to rewrite for them.
 pub struct FallbackChain {
     /// The body sent to the requested model.
     body: Bytes,
+    /// Where it names the model.
+    field: ModelField,
     /// The fallback models not tried yet, in order, with their pools as of the request's start.
     next: VecDeque<(String, Arc<Pool>)>,
 }
@@ -23,6 +26,7 @@ impl FallbackChain {
     /// `allows`; `None` when none is left.
     pub fn new(
         body: Bytes,
+        field: ModelField,
         models: &[String],
         routes: &Routes,
         allows: impl Fn(&str) -> bool,
@@ -32,7 +36,7 @@ impl FallbackChain {
             .filter(|m| allows(m))
             .filter_map(|m| routes.pool(m).map(|p| (m.clone(), p.clone())))
             .collect();
-        (!next.is_empty()).then_some(FallbackChain { body, next })
+        (!next.is_empty()).then_some(FallbackChain { body, field, next })
     }
 
     /// Fallback models left.
@@ -45,16 +49,16 @@ impl FallbackChain {
         self.next.iter().any(|(_, p)| p.has_candidate(&[]))
     }
 
-    /// Move to the next fallback model with an endpoint in service: its id, its pool and the
-    /// body rewritten for it.
-    pub fn advance(&mut self) -> Option<(String, Arc<Pool>, Bytes)> {
+    /// Move to the next fallback model with an endpoint in service: its name, its pool, and
+    /// the body rewritten for it with where that body names it.
+    pub fn advance(&mut self) -> Option<(String, Arc<Pool>, (Bytes, ModelField))> {
         while let Some((model, pool)) = self.next.pop_front() {
             if !pool.has_candidate(&[]) {
                 continue;
             }
-            // The body had a top-level `model` to route by, so it has one to replace.
-            let body = with_model(&self.body, &model)?;
-            return Some((model, pool, body));
+            // The body named a model to route by, so it has one to replace.
+            let renamed = self.field.rename(&self.body, &model)?;
+            return Some((model, pool, renamed));
         }
         None
     }

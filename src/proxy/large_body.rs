@@ -19,6 +19,7 @@ use pingora::{Error, ErrorType, Result};
 use super::attempts::Attempts;
 use super::client_gone;
 use super::ctx::{answered, RequestCtx, Target};
+use super::model_field::ModelField;
 use crate::error::ErrorKind;
 use crate::routes::Routes;
 
@@ -28,8 +29,8 @@ pub(super) struct SubrequestRoute {
     /// The body the subrequest carries (it differs from the client's once rewritten; its
     /// deployment may rewrite it once more for its upstream id).
     pub body: bytes::Bytes,
-    /// Where a multipart body holds its `model` field's value.
-    pub multipart_model: Option<std::ops::Range<usize>>,
+    /// Where `body` names its model.
+    pub model_field: ModelField,
     /// The client request's snapshot: its settings are the subrequest's.
     pub routes: Arc<Routes>,
     /// The client request's record, which the subrequest's attempt is added to.
@@ -80,7 +81,7 @@ pub(super) async fn forward(
             can_fall_back: ctx.fallbacks.as_ref().is_some_and(|f| f.available()),
             strip_usage: ctx.usage_forced,
             affinity: ctx.affinity,
-            multipart_model: ctx.multipart_model.clone(),
+            model_field: ctx.model_field.clone(),
             request_id: ctx.request_id.clone(),
             started: ctx.started,
         };

@@ -21,6 +21,7 @@ mod failover;
 mod fallback;
 mod large_body;
 mod local;
+mod model_field;
 mod report;
 mod respond;
 mod target;
@@ -38,8 +39,7 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 use crate::config::Config;
 use crate::deployment::InFlight;
 use crate::error::{ErrorKind, Rendered};
-use crate::multipart;
-use crate::openai::{with_include_usage, with_model};
+use crate::openai::with_include_usage;
 use crate::request_id;
 use crate::routes::{EndpointView, Routes, SharedRoutes};
 use crate::shutdown::Lifecycle;
@@ -110,9 +110,9 @@ impl Gateway {
             target,
             force_usage,
             affinity,
-            multipart_model,
+            model_field,
         } = target::decide(session, routes, &original)?;
-        ctx.multipart_model = multipart_model;
+        ctx.model_field = model_field;
         if let Some(client) = client {
             access::check_model(client, &target, settings.auth.hide_unlisted_models)?;
         }
@@ -132,7 +132,8 @@ impl Gateway {
                     .clone()
                     .unwrap_or_else(|| original.clone());
                 let allows = |m: &str| client.is_none_or(|c| c.allows(m));
-                ctx.fallbacks = fallback::FallbackChain::new(body, models, routes, allows);
+                let field = ctx.model_field.clone();
+                ctx.fallbacks = fallback::FallbackChain::new(body, field, models, routes, allows);
             }
             let in_service = pool.has_candidate(&[]);
             ctx.target = Some(target);
@@ -185,7 +186,7 @@ impl ProxyHttp for Gateway {
             ctx.parent_can_fall_back = route.can_fall_back;
             ctx.usage_forced = route.strip_usage;
             ctx.affinity = route.affinity;
-            ctx.multipart_model = route.multipart_model.clone();
+            ctx.model_field = route.model_field.clone();
             ctx.body = route.body.clone();
             let body_len = route.body.len();
             // Its request head is a copy of the client's as received: when the body was
@@ -225,10 +226,7 @@ impl ProxyHttp for Gateway {
                         let renamed = Some(&d.upstream_model).filter(|id| ***id != **model);
                         ctx.attempt_body = renamed.and_then(|id| {
                             let body = ctx.body_override.as_ref().unwrap_or(&ctx.body);
-                            match &ctx.multipart_model {
-                                Some(at) => Some(multipart::with_value(body, at.clone(), id)),
-                                None => with_model(body, id),
-                            }
+                            ctx.model_field.rename(body, id).map(|(renamed, _)| renamed)
                         });
                         ctx.deployment = Some(d.state.clone());
                         break d.upstream.clone();

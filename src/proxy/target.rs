@@ -7,6 +7,7 @@ use pingora::Result;
 
 use super::ctx::Target;
 use super::local;
+use super::model_field::ModelField;
 use crate::balance::affinity_key;
 use crate::error::ErrorKind;
 use crate::multipart;
@@ -32,8 +33,8 @@ pub(super) struct Routed {
     pub force_usage: bool,
     /// The request's affinity key, when its pool's policy wants one.
     pub affinity: Option<u64>,
-    /// Where a multipart body holds its `model` field's value.
-    pub multipart_model: Option<std::ops::Range<usize>>,
+    /// Where the body names its model.
+    pub model_field: ModelField,
 }
 
 /// Decide the target of a proxied request from its body.
@@ -46,7 +47,7 @@ pub(super) fn decide(session: &Session, routes: &Routes, body: &[u8]) -> Result<
                 target: Target::Default(u),
                 force_usage: false,
                 affinity: None,
-                multipart_model: None,
+                model_field: ModelField::Json,
             })
             .ok_or_else(|| ErrorKind::NoHealthyEndpoint.err("no endpoint is reachable yet"))
     };
@@ -70,7 +71,7 @@ pub(super) fn decide(session: &Session, routes: &Routes, body: &[u8]) -> Result<
             .to_string();
         let fields = RequestFields::default();
         let mut routed = model_target(session, routes, model, &fields, false)?;
-        routed.multipart_model = Some(range);
+        routed.model_field = ModelField::Multipart(range);
         return Ok(routed);
     }
     let fields = match peek_request(body) {
@@ -124,7 +125,7 @@ fn model_target(
                 },
                 force_usage,
                 affinity: affinity.flatten(),
-                multipart_model: None,
+                model_field: ModelField::Json,
             })
         }
         None if !routes.ready => Err(ErrorKind::NoHealthyEndpoint
