@@ -124,6 +124,7 @@ fn bench_observability(c: &mut Criterion) {
                 endpoint: Some("vllm-a"),
                 status: 200,
                 attempts: 1,
+                retries: &[],
                 ttfb: Some(std::time::Duration::from_micros(12_345)),
                 duration: Some(std::time::Duration::from_micros(812_500)),
                 bytes_in: 1024,

@@ -102,6 +102,8 @@ pub struct Entry<'a> {
     pub endpoint: Option<&'a str>,
     pub status: u16,
     pub attempts: usize,
+    /// The classes of the failures that led to a retry, in order (`["429","500"]`).
+    pub retries: &'a [&'static str],
     /// Logged as `ttfb_ms`, milliseconds with 3 decimals.
     pub ttfb: Option<Duration>,
     /// Logged as `duration_ms`.
@@ -162,6 +164,14 @@ pub fn format_line(e: &Entry<'_>, out: &mut Vec<u8>) {
     integer(out, u64::from(e.status));
     out.extend_from_slice(b",\"attempts\":");
     integer(out, e.attempts as u64);
+    out.extend_from_slice(b",\"retries\":[");
+    for (i, class) in e.retries.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        string(out, class);
+    }
+    out.extend_from_slice(b"]");
     out.extend_from_slice(b",\"ttfb_ms\":");
     optional(out, e.ttfb, milliseconds);
     out.extend_from_slice(b",\"duration_ms\":");
@@ -313,6 +323,7 @@ mod tests {
             endpoint: None,
             status: 200,
             attempts: 1,
+            retries: &[],
             ttfb: Some(Duration::from_micros(1500)),
             duration: Some(Duration::from_nanos(2_250_499)),
             bytes_in: 10,
@@ -327,7 +338,7 @@ mod tests {
         format_line(&e, &mut line);
         assert_eq!(
             std::str::from_utf8(&line).unwrap(),
-            "{\"time\":\"2025-11-26T13:05:09.007Z\",\"request_id\":\"r-1\",\"method\":\"POST\",\"path\":\"/v1/chat/completions\",\"key\":null,\"model\":\"m\",\"endpoint\":null,\"status\":200,\"attempts\":1,\"ttfb_ms\":1.500,\"duration_ms\":2.250,\"bytes_in\":10,\"bytes_out\":20,\"tokens\":{\"prompt\":3,\"completion\":0},\"error\":null}\n"
+            "{\"time\":\"2025-11-26T13:05:09.007Z\",\"request_id\":\"r-1\",\"method\":\"POST\",\"path\":\"/v1/chat/completions\",\"key\":null,\"model\":\"m\",\"endpoint\":null,\"status\":200,\"attempts\":1,\"retries\":[],\"ttfb_ms\":1.500,\"duration_ms\":2.250,\"bytes_in\":10,\"bytes_out\":20,\"tokens\":{\"prompt\":3,\"completion\":0},\"error\":null}\n"
         );
         // Strings that need escaping are escaped; the line stays one line of JSON.
         e.path = "/a\"b\\c\n";
@@ -335,6 +346,7 @@ mod tests {
         e.error = Some("model_not_found");
         e.tokens = None;
         e.ttfb = None;
+        e.retries = &["429", "500"];
         line.clear();
         format_line(&e, &mut line);
         assert_eq!(line.iter().filter(|b| **b == b'\n').count(), 1);
@@ -344,5 +356,6 @@ mod tests {
         assert_eq!(v["error"], "model_not_found");
         assert_eq!(v["ttfb_ms"], serde_json::Value::Null);
         assert_eq!(v["duration_ms"], 2.25);
+        assert_eq!(v["retries"], serde_json::json!(["429", "500"]));
     }
 }

@@ -19,7 +19,8 @@ pub use crate::env::{Env, EnvFile, ProcessEnv};
 use crate::health::HealthPolicy;
 use crate::settings::RequestSettings;
 pub use crate::settings::{
-    DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_HEADER_BYTES, DEFAULT_TIMEOUT_SECS,
+    DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_HEADER_BYTES,
+    DEFAULT_MAX_RETRY_WAIT_SECS, DEFAULT_RETRY_BUDGET_SECS, DEFAULT_TIMEOUT_SECS,
 };
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8000";
@@ -63,6 +64,9 @@ struct FileConfig {
     max_connections: Option<usize>,
     health: Option<HealthConfig>,
     fallbacks: Option<HashMap<String, Vec<String>>>,
+    context_window_fallbacks: Option<HashMap<String, Vec<String>>>,
+    max_retry_wait_secs: Option<f64>,
+    retry_budget_secs: Option<f64>,
     aliases: Option<HashMap<String, String>>,
     balancing: Option<BalancingConfig>,
     auth: Option<AuthConfig>,
@@ -191,6 +195,13 @@ pub struct Config {
     pub probe_timeout: Duration,
     /// Models to try, in order, when every endpoint of a model failed before answering.
     pub fallbacks: HashMap<String, Vec<String>>,
+    /// Models with a longer context to try, in order, when a model answers that the prompt
+    /// is over its context window.
+    pub context_window_fallbacks: HashMap<String, Vec<String>>,
+    /// The longest wait for a rate-limited deployment before retrying it (`Retry-After`).
+    pub max_retry_wait: Duration,
+    /// No retry (nor wait) starts past this time since the request arrived.
+    pub retry_budget: Duration,
     /// Other names of public model names (`aliases:`): alias -> model.
     pub aliases: BTreeMap<String, String>,
     /// The balancing policy of each model.
@@ -329,6 +340,15 @@ impl Config {
         let shutdown_delay = optional_seconds("shutdown_delay_secs", file.shutdown_delay_secs)?
             .unwrap_or(Duration::ZERO);
         let watch_config = optional_seconds("watch_config_secs", file.watch_config_secs)?;
+        let max_retry_wait = match file.max_retry_wait_secs {
+            None => Duration::from_secs(DEFAULT_MAX_RETRY_WAIT_SECS),
+            Some(s) => optional_seconds("max_retry_wait_secs", Some(s))?.unwrap_or(Duration::ZERO),
+        };
+        let retry_budget = file
+            .retry_budget_secs
+            .map_or(Ok(Duration::from_secs(DEFAULT_RETRY_BUDGET_SECS)), |s| {
+                seconds("retry_budget_secs", s)
+            })?;
         let upgrade_sock = file
             .upgrade_sock
             .unwrap_or_else(|| PathBuf::from(DEFAULT_UPGRADE_SOCK));
@@ -373,7 +393,13 @@ impl Config {
             stream_usage: file.stream_usage.unwrap_or_default(),
             health,
             probe_timeout,
-            fallbacks: fallbacks(file.fallbacks.unwrap_or_default())?,
+            fallbacks: fallbacks("fallbacks", file.fallbacks.unwrap_or_default())?,
+            context_window_fallbacks: fallbacks(
+                "context_window_fallbacks",
+                file.context_window_fallbacks.unwrap_or_default(),
+            )?,
+            max_retry_wait,
+            retry_budget,
             aliases: aliases(file.aliases.unwrap_or_default())?,
             balancing: balancing(file.balancing.unwrap_or_default())?,
             auth: Arc::new(match file.auth {
@@ -392,8 +418,10 @@ impl Config {
             // the last one ends, so the whole period is only spent when something is running.
             grace_period_seconds: Some(self.shutdown_grace.as_secs()),
             graceful_shutdown_timeout_seconds: Some(1),
-            // The proxy decides retries itself (`max_attempts`); this is only a backstop.
-            max_retries: (self.max_attempts as usize + 1).max(8),
+            // The proxy decides retries itself (`max_attempts` per model, a reconnect, then
+            // each fallback model's); this is only a backstop.
+            max_retries: (self.max_attempts as usize + 1)
+                * (1 + longest(&self.fallbacks) + longest(&self.context_window_fallbacks)),
             upgrade_sock: self.upgrade_sock.to_string_lossy().into_owned(),
             ..ServerConf::default()
         }
@@ -408,6 +436,9 @@ impl Config {
             max_header_bytes: self.max_header_bytes,
             force_stream_usage: self.stream_usage == StreamUsage::Force,
             fallbacks: self.fallbacks.clone(),
+            context_window_fallbacks: self.context_window_fallbacks.clone(),
+            max_retry_wait: self.max_retry_wait,
+            retry_budget: self.retry_budget,
             affinity_key: self.balancing.affinity.key,
             auth: self.auth.clone(),
         }
@@ -493,13 +524,22 @@ fn endpoint_timeouts(
     })
 }
 
-/// Each model's fallback list: no empty names, not the model itself, each model once.
-fn fallbacks(map: HashMap<String, Vec<String>>) -> Result<HashMap<String, Vec<String>>, String> {
+/// The longest list of a fallback map.
+fn longest(map: &HashMap<String, Vec<String>>) -> usize {
+    map.values().map(Vec::len).max().unwrap_or(0)
+}
+
+/// Each model's fallback list (`fallbacks`, `context_window_fallbacks`): no empty names, not
+/// the model itself, each model once.
+fn fallbacks(
+    key: &str,
+    map: HashMap<String, Vec<String>>,
+) -> Result<HashMap<String, Vec<String>>, String> {
     let mut out = HashMap::with_capacity(map.len());
     for (model, list) in map {
-        let field = format!("fallbacks.{model:?}");
+        let field = format!("{key}.{model:?}");
         if model.is_empty() {
-            return Err("fallbacks: a model name is empty".into());
+            return Err(format!("{key}: a model name is empty"));
         }
         if list.is_empty() {
             return Err(format!("{field}: the list is empty"));

@@ -13,6 +13,10 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
 /// Attempts per request across endpoints: the first one and up to two failovers.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+/// The longest wait for a rate-limited deployment's `Retry-After` before retrying it.
+pub const DEFAULT_MAX_RETRY_WAIT_SECS: u64 = 5;
+/// Retries (and their waits) start only this long after the request arrived.
+pub const DEFAULT_RETRY_BUDGET_SECS: u64 = 30;
 
 /// What each request reads from the config: swapped with the routes on a reload, so a request
 /// sees one consistent version of both.
@@ -30,6 +34,12 @@ pub struct RequestSettings {
     pub force_stream_usage: bool,
     /// Models to try when every endpoint of a model failed before answering.
     pub fallbacks: HashMap<String, Vec<String>>,
+    /// Models with a longer context, for a prompt over a model's context window.
+    pub context_window_fallbacks: HashMap<String, Vec<String>>,
+    /// The longest wait for a rate-limited deployment before retrying it.
+    pub max_retry_wait: Duration,
+    /// No retry starts past this time since the request arrived.
+    pub retry_budget: Duration,
     /// Where `prefix_affinity` pools read a request's key from.
     pub affinity_key: KeySource,
     /// Who may send requests.
@@ -45,6 +55,9 @@ impl Default for RequestSettings {
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
             force_stream_usage: false,
             fallbacks: HashMap::new(),
+            context_window_fallbacks: HashMap::new(),
+            max_retry_wait: Duration::from_secs(DEFAULT_MAX_RETRY_WAIT_SECS),
+            retry_budget: Duration::from_secs(DEFAULT_RETRY_BUDGET_SECS),
             affinity_key: KeySource::default(),
             auth: Arc::default(),
         }

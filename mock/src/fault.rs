@@ -39,6 +39,11 @@ pub enum Fault {
     /// Answer 200 `text/plain; charset=utf-8` with `ERROR: forward to peer failed`, which is
     /// what an OCF head sends when its forward to a peer failed.
     OcfError,
+    /// Answer `status` with this JSON body (an upstream's own error wording: a context window
+    /// exceeded, a content policy refusal).
+    Reply { status: u16, body: String },
+    /// Read the whole request, then reset the connection (TCP RST) without a response byte.
+    ResetBeforeHead,
 }
 
 /// The body an OCF head answers (with status 200) when its forward to a peer failed.

@@ -232,6 +232,11 @@ async fn answer(
     }
 }
 
+/// Marks an answer that must not be sent: the connection is dropped instead (reset when its
+/// `ConnCtl` asked for it).
+#[derive(Clone, Copy)]
+pub(crate) struct AbortConnection;
+
 /// `Fault::Hang`: never answer. Hyper drops this future when the client closes the connection
 /// (recorded as abandoned by `handle`) or when the server shuts down.
 async fn hang() -> Response<MockBody> {
@@ -260,6 +265,16 @@ fn faulty(
             "text/plain; charset=utf-8",
             Bytes::from_static(OCF_ERROR_BODY.as_bytes()),
         ),
+        Fault::Reply { status, ref body } => {
+            let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            respond(shared, code, JSON, Bytes::from(body.clone()))
+        }
+        Fault::ResetBeforeHead => {
+            conn.request_reset();
+            let mut resp = normal;
+            resp.extensions_mut().insert(AbortConnection);
+            resp
+        }
         Fault::ResetAfter { events } => cut(normal, events, CutTail::Reset(conn)),
         Fault::StallAfter { events } => cut(normal, events, CutTail::Stall),
     }

@@ -13,6 +13,7 @@
 //! server.addr() / server.url() / server.name()
 //! server.set_models(vec) / server.set_dnt_table(Option<Bytes>) / server.set_discovery_failing(bool)
 //! server.set_fault(Option<Fault>) / server.fault()                   inference misbehaviour
+//! server.set_fault_times(Option<Fault>, n)                          ... for the next n only
 //! server.requests() -> Vec<RecordedRequest> / server.request_count() / server.streams() -> Vec<StreamRecord>
 //! server.clear_records()
 //! server.shutdown().await    (dropping the server also stops it, asynchronously)
@@ -71,7 +72,6 @@ pub use fault::Fault;
 pub use prefix_cache::PrefixCache;
 pub use tls::MockTls;
 
-use std::convert::Infallible;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -293,6 +293,8 @@ pub(crate) struct Shared {
     /// When set, the fault applies only to requests for this model (a server whose other
     /// models are fine).
     pub(crate) fault_model: RwLock<Option<String>>,
+    /// How many more requests the fault applies to (`usize::MAX`: until it is changed).
+    pub(crate) fault_left: AtomicUsize,
     pub(crate) count: AtomicUsize,
     pub(crate) requests: Mutex<Vec<RecordedRequest>>,
     pub(crate) streams: Mutex<Vec<Arc<Mutex<StreamRecord>>>>,
@@ -323,8 +325,21 @@ impl Shared {
             {
                 None
             }
-            _ => self.fault(),
+            _ => self.take_fault(),
         }
+    }
+
+    /// The fault for a request it applies to, counted against `fault_left`.
+    fn take_fault(&self) -> Option<Fault> {
+        let mut fault = self.fault.write().unwrap_or_else(|e| e.into_inner());
+        let left = self.fault_left.load(Ordering::SeqCst);
+        if fault.is_some() && left != usize::MAX {
+            self.fault_left.store(left.saturating_sub(1), Ordering::SeqCst);
+            if left <= 1 {
+                return fault.take();
+            }
+        }
+        fault.clone()
     }
 }
 
@@ -388,6 +403,7 @@ impl MockServer {
             discovery_failing: AtomicBool::new(false),
             fault: RwLock::new(cfg.fault),
             fault_model: RwLock::new(None),
+            fault_left: AtomicUsize::new(usize::MAX),
             count: AtomicUsize::new(0),
             requests: Mutex::new(Vec::new()),
             streams: Mutex::new(Vec::new()),
@@ -463,7 +479,14 @@ impl MockServer {
     /// Apply `fault` to every later inference request (`None`: behave normally again). Requests
     /// already being answered keep the behaviour they started with.
     pub fn set_fault(&self, fault: Option<Fault>) {
-        *self.shared.fault.write().unwrap_or_else(|e| e.into_inner()) = fault;
+        self.set_fault_times(fault, usize::MAX);
+    }
+
+    /// Apply `fault` to the next `times` inference requests only, then behave normally again.
+    pub fn set_fault_times(&self, fault: Option<Fault>, times: usize) {
+        let mut slot = self.shared.fault.write().unwrap_or_else(|e| e.into_inner());
+        self.shared.fault_left.store(times, Ordering::SeqCst);
+        *slot = fault;
     }
 
     /// Apply `fault` only to later inference requests whose body asks for `model`.
@@ -569,7 +592,14 @@ async fn serve_conn(stream: TcpStream, shared: Arc<Shared>, acceptor: Option<Tls
         service_fn(move |req| {
             let shared = shared.clone();
             let ctl = ctl.clone();
-            async move { Ok::<_, Infallible>(handler::handle(shared, ctl, req).await) }
+            async move {
+                let resp = handler::handle(shared, ctl, req).await;
+                // An error from the service makes hyper drop the connection unanswered.
+                match resp.extensions().get::<handler::AbortConnection>() {
+                    Some(_) => Err(io::Error::other("mock: connection reset by a fault")),
+                    None => Ok(resp),
+                }
+            }
         })
     };
     let mut builder = http1::Builder::new();

@@ -37,6 +37,7 @@ pub struct Metrics {
     pub overhead: Histogram,
     upstream_attempts: IntCounterVec,
     pub upstream_failures: IntCounterVec,
+    pub retries: IntCounterVec,
     pub deployment_healthy: IntGaugeVec,
     pub discovery_runs: IntCounterVec,
     pub config_reloads: IntCounterVec,
@@ -103,6 +104,11 @@ impl Metrics {
                 "ai_proxy_upstream_failures_total",
                 "Attempts that failed, by endpoint, model (\"\" for a fault of the address: connect, reset, probe) and reason.",
                 &["endpoint", "model", "reason"],
+            ),
+            retries: counter(
+                "ai_proxy_retries_total",
+                "Failed attempts that the gateway retried, by the model that failed, the failure class (as in the access log's `retries`) and the request's outcome (recovered: the client got a success; failed: it did not).",
+                &["model", "class", "outcome"],
             ),
             discovery_runs: counter(
                 "ai_proxy_discovery_runs_total",

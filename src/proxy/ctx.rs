@@ -10,7 +10,7 @@ use pingora::proxy::Session;
 
 use super::attempts::Attempts;
 use super::model_field::ModelField;
-use super::{fallback, watchdog};
+use super::{fallback, retry, watchdog};
 use crate::auth::ClientKey;
 use crate::deployment::DeploymentState;
 use crate::deployment::InFlight;
@@ -28,6 +28,15 @@ pub(super) enum Target {
     Model { model: String, pool: Arc<Pool> },
     /// A request without a model: the first configured endpoint.
     Default(Arc<Upstream>),
+}
+
+/// Where a request could still move after its current model.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct CanMove {
+    /// A fallback model has an endpoint in service.
+    pub fallback: bool,
+    /// A context-window fallback model has an endpoint in service.
+    pub context_fallback: bool,
 }
 
 /// Per-request state.
@@ -51,21 +60,19 @@ pub struct RequestCtx {
     /// Counts this request on the current attempt's endpoint until the context is dropped,
     /// i.e. until the response has truly ended.
     pub(super) in_flight: Option<InFlight>,
-    /// Retries on a fresh connection after a reused pooled one failed.
-    pub(super) stale_retries: u8,
-    /// `upstream_response_filter` turned the current answer down: retry in this session.
-    pub(super) fail_over: bool,
     /// The request went upstream through a large-body subrequest, which logs its own errors.
     pub(super) via_subrequest: bool,
     /// Counts the request for the graceful shutdown until the context is dropped.
     pub(super) _active: Option<ActiveRequest>,
     /// The fallback models left, when the requested model has any.
     pub(super) fallbacks: Option<fallback::FallbackChain>,
+    /// The models with a longer context left, when the requested model has any.
+    pub(super) context_fallbacks: Option<fallback::FallbackChain>,
     /// A large-body subrequest: the client's session decides its failover (the subrequest
     /// cannot replay its body) and renders and logs the outcome.
     pub(super) in_subrequest: bool,
-    /// In a large-body subrequest: a fallback model could take the request after this one.
-    pub(super) parent_can_fall_back: bool,
+    /// In a large-body subrequest: where the client's session could still move the request.
+    pub(super) parent_can: CanMove,
     /// The current attempt's first-byte, idle and total deadlines, when Pingora's single
     /// read timeout cannot enforce them.
     pub(super) watchdog: Option<watchdog::Watchdog>,
@@ -140,23 +147,53 @@ impl RequestCtx {
             .with_tried(|tried| tried.len() < max && pool.has_candidate(tried))
     }
 
-    /// Whether another endpoint could still take this request: one of the model within
-    /// `max_attempts`, or one of a fallback model.
-    pub(super) fn has_untried(&self) -> bool {
-        self.model_has_untried()
-            || (matches!(self.target, Some(Target::Model { .. }))
-                && (self.fallbacks.as_ref().is_some_and(|f| f.available())
-                    || self.parent_can_fall_back))
+    /// What the request still has, for the retry decision after a failed attempt.
+    pub(super) fn retry_options(&self, session: &Session) -> retry::Options {
+        let progress = self.attempts.progress();
+        let settings = self.routes.as_ref().map(|r| &r.settings);
+        let budget = settings.map_or(Duration::ZERO, |s| s.retry_budget);
+        let available = |chain: &Option<fallback::FallbackChain>| {
+            chain.as_ref().is_some_and(|f| f.available())
+        };
+        retry::Options {
+            answered: answered(session),
+            replayable: self.in_subrequest || !session.retry_buffer_truncated(),
+            attempts_left: progress.attempts < self.max_attempts(),
+            another_deployment: self.model_has_untried(),
+            fallback: available(&self.fallbacks) || self.parent_can.fallback,
+            context_fallback: available(&self.context_fallbacks) || self.parent_can.context_fallback,
+            retried_in_place: progress.retried_in_place,
+            reconnected: progress.reconnected,
+            time_left: budget.saturating_sub(self.started.map_or(Duration::ZERO, |t| t.elapsed())),
+            max_wait: settings.map_or(Duration::ZERO, |s| s.max_retry_wait),
+            backoff: retry::backoff(0, fastrand::f64()),
+        }
     }
 
-    /// Move the request to its next fallback model with an endpoint in service.
-    pub(super) fn switch_to_fallback(&mut self) -> bool {
-        let Some((model, pool, (body, field))) = self.fallbacks.as_mut().and_then(|f| f.advance())
-        else {
+    /// Where the request may still move, for a large-body subrequest to know.
+    pub(super) fn can_move(&self) -> CanMove {
+        let available = |chain: &Option<fallback::FallbackChain>| {
+            chain.as_ref().is_some_and(|f| f.available())
+        };
+        CanMove {
+            fallback: available(&self.fallbacks),
+            context_fallback: available(&self.context_fallbacks),
+        }
+    }
+
+    /// Move the request to the next model with an endpoint in service of its fallbacks, or
+    /// of its context-window fallbacks (`Step::ContextFallback`).
+    pub(super) fn switch_model(&mut self, step: retry::Step) -> bool {
+        let chain = if step == retry::Step::ContextFallback {
+            self.context_fallbacks.as_mut()
+        } else {
+            self.fallbacks.as_mut()
+        };
+        let Some((model, pool, (body, field))) = chain.and_then(|f| f.advance()) else {
             return false;
         };
         log::warn!(
-            "model {} has no endpoint left for this request; falling back to {model}",
+            "model {} cannot serve this request; moving it to {model}",
             self.model().unwrap_or("-")
         );
         self.target = Some(Target::Model { model, pool });
@@ -166,22 +203,10 @@ impl RequestCtx {
         true
     }
 
-    /// Whether the request can go to another endpoint: attempts and endpoints are left, nothing
-    /// reached the client, and the body can be replayed (from Pingora's 64 KiB retry buffer,
-    /// or by the client's session for a large-body subrequest).
-    pub(super) fn can_fail_over(&self, session: &Session) -> bool {
-        !answered(session)
-            && (self.in_subrequest || !session.retry_buffer_truncated())
-            && self.has_untried()
-    }
-
-    /// Ask for another attempt. Returns whether this session retries itself; a large-body
-    /// subrequest instead ends, and the client's session runs a new one.
-    pub(super) fn ask_another_attempt(&self) -> bool {
-        if self.in_subrequest {
-            self.attempts.ask_retry();
-        }
-        !self.in_subrequest
+    /// Whether this session retries itself after `step`; a large-body subrequest instead
+    /// ends, and the client's session carries the step out.
+    pub(super) fn retries_here(&self, step: retry::Step) -> bool {
+        step.retries() && !self.in_subrequest
     }
 
     /// Count a fault of the current attempt's address (connect, reset before the answer)
@@ -222,6 +247,18 @@ impl RequestCtx {
                     was.as_str()
                 );
             }
+        }
+    }
+
+    /// Apply what a failure of `class` says about the current attempt's health.
+    pub(super) fn blame(&self, class: retry::Class, why: &str) {
+        match class.blames() {
+            retry::Blame::Address => self.blame_address(why),
+            retry::Blame::Model => self.blame_model(why),
+            retry::Blame::Hold(wait) => self.hold_for(wait),
+            // An answer given on purpose: the address and the model work.
+            retry::Blame::Nobody if class != retry::Class::Stale => self.record_success(),
+            retry::Blame::Nobody => {}
         }
     }
 

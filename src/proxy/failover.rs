@@ -1,6 +1,7 @@
-//! Failover: how the gateway judges an upstream's failure or response head (pass it on, or
-//! blame the address or the model) and, while nothing has reached the client, whether the
-//! request tries another endpoint. Pingora's phases only carry these decisions out.
+//! Failover: each failure of an attempt is classed, blamed on the address or the deployment,
+//! and given its next step by the one decision in retry.rs; the step is recorded for the next
+//! attempt (upstream_peer, or the large-body loop) to carry out. Pingora's phases only call
+//! these.
 
 use std::time::{Duration, SystemTime};
 
@@ -10,36 +11,45 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
 use super::ctx::{answered, RequestCtx};
+use super::retry::{self, Class, Step};
 use crate::endpoint::EndpointKind;
 use crate::error::ErrorKind;
 use crate::upstream::Upstream;
 
-/// Nothing was sent: the address is blamed, and another endpoint of the model can take the
-/// request.
+/// An attempt failed with `class` (`why`: the reason in metrics): blame it, decide the next
+/// step and record it.
+fn failed(session: &Session, ctx: &RequestCtx, class: Class, why: &str) -> Step {
+    ctx.blame(class, why);
+    let step = retry::decide(class, &ctx.retry_options(session));
+    ctx.attempts.decided(ctx.model().unwrap_or(""), class, step);
+    if step.retries() && class != Class::Stale {
+        log::warn!(
+            "upstream {} failed ({}); next for model {}: {step:?}",
+            ctx.current
+                .as_ref()
+                .map_or("-", |u| u.endpoint.name.as_str()),
+            class.label(),
+            ctx.model().unwrap_or("-")
+        );
+    }
+    step
+}
+
+/// Nothing was sent: the address is blamed.
 pub(super) fn after_connect_failure(
+    session: &Session,
     ctx: &mut RequestCtx,
     peer: &HttpPeer,
     mut e: Box<Error>,
 ) -> Box<Error> {
-    ctx.blame_address(e.etype().as_str());
-    if ctx.has_untried() {
-        log::warn!(
-            "connect to {peer} failed ({}); trying another endpoint for model {}",
-            e.etype().as_str(),
-            ctx.model().unwrap_or("-")
-        );
-        e.set_retry(ctx.ask_another_attempt());
-    }
+    log::debug!("connect to {peer} failed: {}", e.etype().as_str());
+    let step = failed(session, ctx, Class::Connect, e.etype().as_str());
+    e.set_retry(ctx.retries_here(step));
     e
 }
 
-/// Decides what an error after connecting leads to, while nothing reached the client:
-/// - an answer `upstream_response_filter` turned down: the next endpoint;
-/// - a pooled connection the upstream had closed: once more on a fresh connection to the
-///   same endpoint (not the endpoint's fault);
-/// - any other upstream failure (timeout before the first byte, reset, bad answer): blamed
-///   on the endpoint, then the next endpoint.
-///
+/// An error after connecting: an answer `judge_answer` turned down (already decided), a
+/// pooled connection the upstream had closed, a timeout before the first byte, a reset.
 /// Client-side errors (the client went away) are final.
 pub(super) fn after_proxy_error(
     session: &Session,
@@ -47,8 +57,8 @@ pub(super) fn after_proxy_error(
     mut e: Box<Error>,
     client_reused: bool,
 ) -> Box<Error> {
-    if std::mem::take(&mut ctx.fail_over) {
-        e.set_retry(true);
+    if let Some(step) = ctx.attempts.next() {
+        e.set_retry(ctx.retries_here(step));
         return e;
     }
     e.set_retry(false);
@@ -68,44 +78,23 @@ pub(super) fn after_proxy_error(
     if *e.esource() != ErrorSource::Upstream {
         return e;
     }
-    let stale_connection = client_reused
-        && !answered(session)
-        && matches!(
-            e.etype(),
-            ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
-        );
-    let replayable = ctx.in_subrequest || !session.retry_buffer_truncated();
-    if stale_connection && replayable && ctx.stale_retries == 0 {
-        ctx.stale_retries += 1;
-        ctx.attempts.forget_last();
-        e.set_retry(ctx.ask_another_attempt());
-        return e;
-    }
-    // A timeout before the first byte is the model's (a server busy with it); a reset or
-    // a broken answer before it is the address's.
-    let timed_out =
-        e.etype() == &ErrorType::ReadTimedout || matches!(e.etype(), ErrorType::CustomCode(_, 504));
-    if timed_out {
-        ctx.blame_model(e.etype().as_str());
-    } else {
-        ctx.blame_address(e.etype().as_str());
-    }
-    if ctx.can_fail_over(session) {
-        log::warn!(
-            "upstream {} failed before answering ({}); trying another endpoint for model {}",
-            ctx.current
-                .as_ref()
-                .map_or("-", |u| u.endpoint.name.as_str()),
-            e.etype().as_str(),
-            ctx.model().unwrap_or("-")
-        );
-        e.set_retry(ctx.ask_another_attempt());
-    }
+    let class = match e.etype() {
+        ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
+            if client_reused && !answered(session) =>
+        {
+            Class::Stale
+        }
+        // A server busy with the model, not a broken address.
+        ErrorType::ReadTimedout | ErrorType::CustomCode(_, 504) => Class::FirstByteTimeout,
+        _ => Class::Reset,
+    };
+    let step = failed(session, ctx, class, e.etype().as_str());
+    e.set_retry(ctx.retries_here(step));
     e
 }
 
-/// Judges an upstream's answer before any of it goes to the client: an error moves the
-/// request to another endpoint (while one is left) or ends it; `Ok` passes the answer on.
+/// Judges an upstream's answer before any of it goes to the client: `Ok` passes it on; an
+/// error moves the request on (as decided) or, for an OCF head's failed forward, ends it.
 pub(super) fn judge_answer(
     session: &Session,
     ctx: &mut RequestCtx,
@@ -113,28 +102,19 @@ pub(super) fn judge_answer(
     header: &ResponseHeader,
 ) -> Result<()> {
     let ep = &upstream.endpoint;
-    let answer = judge(ep.kind, header);
-    // The server answered: whatever the answer says is about the model, not the address.
-    match answer {
-        Answer::RateLimited(Some(wait)) => ctx.hold_for(wait),
-        a if a.blames_endpoint() => ctx.blame_model(header.status.as_str()),
-        _ => ctx.record_success(),
-    }
-    if answer.retryable() && ctx.can_fail_over(session) {
-        log::warn!(
-            "upstream {} answered HTTP {}; trying another endpoint for model {}",
-            ep.name,
-            header.status.as_u16(),
-            ctx.model().unwrap_or("-")
-        );
-        ctx.fail_over = ctx.ask_another_attempt();
+    let Some(class) = judge(ep.kind, header) else {
+        ctx.record_success();
+        return Ok(());
+    };
+    let step = failed(session, ctx, class, header.status.as_str());
+    if step.retries() {
         return Err(ErrorKind::UpstreamFailed.err(format!(
             "endpoint {} answered HTTP {}",
             ep.name,
             header.status.as_u16()
         )));
     }
-    if answer == Answer::OcfForwardFailed {
+    if class == Class::Unavailable(0) {
         return Err(
             ErrorKind::UpstreamFailed.err("the ocf head could not forward the request to a peer")
         );
@@ -142,47 +122,21 @@ pub(super) fn judge_answer(
     Ok(())
 }
 
-/// The verdict on one response head.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Answer {
-    /// Pass it on; the endpoint is fine. This includes every 4xx but 429: a request the
-    /// upstream rejected (invalid, context length, content policy, auth, not found, too large)
-    /// would be rejected by any endpoint, so it is never retried.
-    Good,
-    /// Pass it on, but the endpoint failed (500 and other 5xx another endpoint would not fix
-    /// for sure: the same request may crash every replica).
-    Failed,
-    /// 502, 503, 504: this endpoint cannot serve now; another may.
-    Unavailable,
-    /// 429, with the wait its `Retry-After` named, if any.
-    RateLimited(Option<Duration>),
-    /// An OCF head's HTTP 200 with a plain-text `ERROR: ...` body: its forward to a peer
-    /// failed. A successful OCF answer is JSON or an event stream, so the content type tells
-    /// the two apart without holding back the body.
-    OcfForwardFailed,
-}
-
-impl Answer {
-    /// Worth another endpoint, if one is left.
-    pub fn retryable(self) -> bool {
-        !matches!(self, Answer::Good | Answer::Failed)
-    }
-
-    /// Counts against the endpoint's health.
-    pub fn blames_endpoint(self) -> bool {
-        !matches!(self, Answer::Good | Answer::RateLimited(Some(_)))
-    }
-}
-
-pub fn judge(kind: EndpointKind, header: &ResponseHeader) -> Answer {
+/// The class of a failed answer's head; `None` for an answer to pass on as a success. A 400
+/// is `Rejected` here: only its body can say that it is about the context window.
+pub fn judge(kind: EndpointKind, header: &ResponseHeader) -> Option<Class> {
     match header.status.as_u16() {
+        // An OCF head's HTTP 200 with a plain-text `ERROR: ...` body: its forward to a peer
+        // failed. A successful OCF answer is JSON or an event stream, so the content type
+        // tells the two apart without holding back the body.
         200 if kind == EndpointKind::Ocf && content_type_is(header, "text/plain") => {
-            Answer::OcfForwardFailed
+            Some(Class::Unavailable(0))
         }
-        429 => Answer::RateLimited(retry_after(header, SystemTime::now())),
-        502..=504 => Answer::Unavailable,
-        500..=599 => Answer::Failed,
-        _ => Answer::Good,
+        429 => Some(Class::RateLimited(retry_after(header, SystemTime::now()))),
+        s @ 502..=504 => Some(Class::Unavailable(s)),
+        s @ 500..=599 => Some(Class::ServerError(s)),
+        400..=499 => Some(Class::Rejected),
+        _ => None,
     }
 }
 
@@ -224,6 +178,7 @@ fn retry_after(header: &ResponseHeader, now: SystemTime) -> Option<Duration> {
 mod tests {
     use super::*;
 
+
     fn head(status: u16, headers: &[(&str, &str)]) -> ResponseHeader {
         let mut h = ResponseHeader::build(status, None).unwrap();
         for (k, v) in headers {
@@ -233,31 +188,26 @@ mod tests {
     }
 
     #[test]
-    fn client_errors_pass_through_and_are_not_the_endpoints_fault() {
-        for s in [200, 201, 304, 400, 401, 403, 404, 413, 422] {
-            let a = judge(EndpointKind::Openai, &head(s, &[]));
-            assert_eq!(a, Answer::Good, "{s}");
-            assert!(!a.retryable() && !a.blames_endpoint());
+    fn answers_are_classed_by_status() {
+        for s in [200, 201, 304] {
+            assert_eq!(judge(EndpointKind::Openai, &head(s, &[])), None, "{s}");
         }
-    }
-
-    #[test]
-    fn gateway_statuses_fail_over_and_500_does_not() {
+        for s in [400, 401, 403, 404, 413, 422] {
+            let c = judge(EndpointKind::Openai, &head(s, &[]));
+            assert_eq!(c, Some(Class::Rejected), "{s}");
+        }
         for s in [502, 503, 504] {
-            let a = judge(EndpointKind::Openai, &head(s, &[]));
-            assert_eq!(a, Answer::Unavailable);
-            assert!(a.retryable() && a.blames_endpoint());
+            let c = judge(EndpointKind::Openai, &head(s, &[]));
+            assert_eq!(c, Some(Class::Unavailable(s)));
         }
-        let a = judge(EndpointKind::Openai, &head(500, &[]));
-        assert_eq!(a, Answer::Failed);
-        assert!(!a.retryable() && a.blames_endpoint());
+        let c = judge(EndpointKind::Openai, &head(500, &[]));
+        assert_eq!(c, Some(Class::ServerError(500)));
     }
 
     #[test]
     fn retry_after_in_seconds_or_as_a_date() {
-        let a = judge(EndpointKind::Openai, &head(429, &[("retry-after", "7")]));
-        assert_eq!(a, Answer::RateLimited(Some(Duration::from_secs(7))));
-        assert!(a.retryable() && !a.blames_endpoint());
+        let c = judge(EndpointKind::Openai, &head(429, &[("retry-after", "7")]));
+        assert_eq!(c, Some(Class::RateLimited(Some(Duration::from_secs(7)))));
 
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
         let date = httpdate::fmt_http_date(now + Duration::from_secs(30));
@@ -267,23 +217,19 @@ mod tests {
         let h = head(429, &[("retry-after", &past)]);
         assert_eq!(retry_after(&h, now), Some(Duration::ZERO));
 
-        let a = judge(EndpointKind::Openai, &head(429, &[("retry-after", "soon")]));
-        assert_eq!(a, Answer::RateLimited(None));
-        assert!(
-            a.blames_endpoint(),
-            "a 429 without a wait counts as a failure"
-        );
+        let c = judge(EndpointKind::Openai, &head(429, &[("retry-after", "soon")]));
+        assert_eq!(c, Some(Class::RateLimited(None)));
     }
 
     #[test]
     fn an_ocf_plain_text_200_is_a_failed_forward() {
         let plain = head(200, &[("content-type", "text/plain; charset=utf-8")]);
-        assert_eq!(judge(EndpointKind::Ocf, &plain), Answer::OcfForwardFailed);
-        assert_eq!(judge(EndpointKind::Openai, &plain), Answer::Good);
+        assert_eq!(judge(EndpointKind::Ocf, &plain), Some(Class::Unavailable(0)));
+        assert_eq!(judge(EndpointKind::Openai, &plain), None);
         let json = head(200, &[("content-type", "application/json")]);
-        assert_eq!(judge(EndpointKind::Ocf, &json), Answer::Good);
+        assert_eq!(judge(EndpointKind::Ocf, &json), None);
         let sse = head(200, &[("content-type", "Text/Event-Stream; charset=utf-8")]);
-        assert_eq!(judge(EndpointKind::Ocf, &sse), Answer::Good);
+        assert_eq!(judge(EndpointKind::Ocf, &sse), None);
         assert!(is_event_stream(&sse));
     }
 }

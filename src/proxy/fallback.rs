@@ -1,9 +1,10 @@
-//! Model fallbacks (`fallbacks:` in the config): when every endpoint of a request's model failed
-//! before answering, or none is in service, the request moves to the next fallback model that
-//! has an endpoint in service, with the body's `model` (JSON or a multipart field) rewritten
-//! to that model's name.
+//! Model fallbacks (`fallbacks:` and `context_window_fallbacks:` in the config): when every
+//! endpoint of a request's model failed before answering, or none is in service (or the prompt
+//! is over its context window), the request moves to the next model of the chain that has an
+//! endpoint in service, with the body's `model` (JSON or a multipart field) rewritten to that
+//! model's name.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -22,6 +23,23 @@ pub struct FallbackChain {
 }
 
 impl FallbackChain {
+    /// The chain `map` names for `model`, if any.
+    pub fn of(
+        map: &HashMap<String, Vec<String>>,
+        model: &str,
+        body: &Bytes,
+        field: &ModelField,
+        routes: &Routes,
+        allows: impl Fn(&str) -> bool,
+    ) -> Option<Self> {
+        // Most configs have no fallbacks: skip hashing the model for nothing.
+        if map.is_empty() {
+            return None;
+        }
+        let models = map.get(model)?;
+        Self::new(body.clone(), field.clone(), models, routes, allows)
+    }
+
     /// The chain of `models` that have endpoints in `routes` and that the request's key
     /// `allows`; `None` when none is left.
     pub fn new(

@@ -18,7 +18,7 @@ use pingora::{Error, ErrorType, Result};
 
 use super::attempts::Attempts;
 use super::client_gone;
-use super::ctx::{answered, RequestCtx, Target};
+use super::ctx::{answered, CanMove, RequestCtx, Target};
 use super::model_field::ModelField;
 use crate::error::ErrorKind;
 use crate::routes::Routes;
@@ -35,8 +35,8 @@ pub(super) struct SubrequestRoute {
     pub routes: Arc<Routes>,
     /// The client request's record, which the subrequest's attempt is added to.
     pub attempts: Arc<Attempts>,
-    /// A fallback model could still take the request after this model's endpoints.
-    pub can_fall_back: bool,
+    /// Where the client's session could still move the request after this model.
+    pub can_move: CanMove,
     /// The gateway asked for the stream's usage chunk: it is removed from the client's bytes.
     pub strip_usage: bool,
     /// The request's affinity key.
@@ -63,9 +63,11 @@ pub(super) async fn forward(
         .routes
         .clone()
         .ok_or_else(|| ErrorKind::Internal.err("no routing snapshot"))?;
-    let fallbacks = ctx.fallbacks.as_ref().map_or(0, |f| f.remaining());
+    let models = 1
+        + ctx.fallbacks.as_ref().map_or(0, |f| f.remaining())
+        + ctx.context_fallbacks.as_ref().map_or(0, |f| f.remaining());
     // Bounded: every model gets at most `max_attempts`, and a stale connection one more.
-    for _ in 0..(ctx.max_attempts() + 1) * (fallbacks + 1) {
+    for _ in 0..(ctx.max_attempts() + 1) * models {
         let body = ctx
             .body_override
             .clone()
@@ -78,7 +80,7 @@ pub(super) async fn forward(
             body: body.clone(),
             routes: routes.clone(),
             attempts: ctx.attempts.clone(),
-            can_fall_back: ctx.fallbacks.as_ref().is_some_and(|f| f.available()),
+            can_move: ctx.can_move(),
             strip_usage: ctx.usage_forced,
             affinity: ctx.affinity,
             model_field: ctx.model_field.clone(),
@@ -112,12 +114,18 @@ pub(super) async fn forward(
                 e.error
             }
         };
-        if !ctx.attempts.take_retry() || answered(session) {
-            return Err(error);
-        }
-        // Another endpoint of this model, or else the next fallback model.
-        if !ctx.model_has_untried() && !ctx.switch_to_fallback() {
-            return Err(error);
+        // Carry out what the subrequest's failure decided: a move to another model here (the
+        // chains are this session's), the rest in the next subrequest's `upstream_peer`.
+        match ctx.attempts.next() {
+            Some(step) if step.retries() && !answered(session) => {
+                if step.switches_model() {
+                    ctx.attempts.take_next();
+                    if !ctx.switch_model(step) {
+                        return Err(error);
+                    }
+                }
+            }
+            _ => return Err(error),
         }
     }
     Err(ErrorKind::UpstreamFailed.err("no attempt left for this request"))

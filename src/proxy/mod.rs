@@ -24,6 +24,7 @@ mod local;
 mod model_field;
 mod report;
 mod respond;
+mod retry;
 mod target;
 mod watchdog;
 
@@ -45,11 +46,57 @@ use crate::routes::{EndpointView, Routes, SharedRoutes};
 use crate::shutdown::Lifecycle;
 use crate::usage::{self, strip::StripUsageChunk};
 use ctx::{answered, RequestCtx, Target};
+use retry::Step;
 
 /// Names the endpoint that served a response.
 const ENDPOINT_HEADER: &str = "x-ai-proxy-endpoint";
 /// Names the model the gateway routed the response to (a fallback's, after a fallback).
 const MODEL_HEADER: &str = "x-ai-proxy-model";
+
+/// A deployment of the request's model for its next attempt: one not tried yet, within
+/// `max_attempts`, else one of the next fallback model's.
+fn choose(ctx: &mut RequestCtx) -> Result<crate::deployment::Deployment> {
+    // Bounded: each turn returns, or moves to the next fallback model (a finite list).
+    loop {
+        let Some(Target::Model { model, pool }) = ctx.target.as_ref() else {
+            return Err(ErrorKind::Internal.err("no model to choose for"));
+        };
+        // `select` may claim an endpoint's trial: only call it to send.
+        let max = ctx.max_attempts();
+        let affinity = ctx.affinity;
+        let chosen = ctx.attempts.with_tried(|tried| {
+            (tried.len() < max)
+                .then(|| pool.select(tried, affinity).cloned())
+                .flatten()
+        });
+        if let Some(d) = chosen {
+            return Ok(d);
+        }
+        let model = model.clone();
+        if !ctx.switch_model(Step::Fallback) {
+            return Err(ErrorKind::NoHealthyEndpoint
+                .err(format!("no usable endpoint left for model `{model}`")));
+        }
+    }
+}
+
+/// Wait before retrying a deployment in place, unless the client goes away meanwhile.
+async fn wait_before_retry(session: &Session, wait: Duration) -> Result<()> {
+    let watch = session
+        .as_downstream()
+        .stream()
+        .and_then(|s| client_gone::ClientWatch::new(s.id()).ok());
+    match watch {
+        Some(w) => tokio::select! {
+            () = tokio::time::sleep(wait) => Ok(()),
+            () = w.closed() => Err(Error::explain(ErrorType::ConnectionClosed, "the client went away").into_down()),
+        },
+        None => {
+            tokio::time::sleep(wait).await;
+            Ok(())
+        }
+    }
+}
 
 /// The gateway's proxy logic. What a reload can change comes with each routing snapshot
 /// (`Routes::settings`); the rest is fixed for the life of the process.
@@ -122,23 +169,15 @@ impl Gateway {
             ctx.usage_forced = ctx.body_override.is_some();
         }
         if let Target::Model { model, pool } = &target {
-            // Most configs have no fallbacks: skip hashing the model for nothing.
-            let fallbacks = (!settings.fallbacks.is_empty())
-                .then(|| settings.fallbacks.get(model))
-                .flatten();
-            if let Some(models) = fallbacks {
-                let body = ctx
-                    .body_override
-                    .clone()
-                    .unwrap_or_else(|| original.clone());
-                let allows = |m: &str| client.is_none_or(|c| c.allows(m));
-                let field = ctx.model_field.clone();
-                ctx.fallbacks = fallback::FallbackChain::new(body, field, models, routes, allows);
-            }
+            let body = ctx.body_override.as_ref().unwrap_or(&original);
+            let allows = |m: &str| client.is_none_or(|c| c.allows(m));
+            let chain = |map| fallback::FallbackChain::of(map, model, body, &ctx.model_field, routes, allows);
+            ctx.fallbacks = chain(&settings.fallbacks);
+            ctx.context_fallbacks = chain(&settings.context_window_fallbacks);
             let in_service = pool.has_candidate(&[]);
             ctx.target = Some(target);
             if !in_service {
-                ctx.switch_to_fallback();
+                ctx.switch_model(retry::Step::Fallback);
             }
         } else {
             ctx.target = Some(target);
@@ -183,7 +222,7 @@ impl ProxyHttp for Gateway {
             ctx.in_subrequest = true;
             ctx.request_id = route.request_id.clone();
             ctx.started = route.started;
-            ctx.parent_can_fall_back = route.can_fall_back;
+            ctx.parent_can = route.can_move;
             ctx.usage_forced = route.strip_usage;
             ctx.affinity = route.affinity;
             ctx.model_field = route.model_field.clone();
@@ -205,61 +244,69 @@ impl ProxyHttp for Gateway {
 
     async fn upstream_peer(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        // Bounded: each turn returns, or moves to the next fallback model (a finite list).
-        let upstream = loop {
-            match ctx.target.as_ref() {
-                Some(Target::Model { model, pool }) => {
-                    // `select` may claim an endpoint's trial: only call it to send.
-                    let max = ctx.max_attempts();
-                    let affinity = ctx.affinity;
-                    let chosen = ctx.attempts.with_tried(|tried| {
-                        (tried.len() < max)
-                            .then(|| pool.select(tried, affinity))
-                            .flatten()
-                    });
-                    if let Some(d) = chosen {
-                        // The body names the model as the client (or a fallback) does; this
-                        // deployment may know it by another id.
-                        let renamed = Some(&d.upstream_model).filter(|id| ***id != **model);
-                        ctx.attempt_body = renamed.and_then(|id| {
-                            let body = ctx.body_override.as_ref().unwrap_or(&ctx.body);
-                            ctx.model_field.rename(body, id).map(|(renamed, _)| renamed)
-                        });
-                        ctx.deployment = Some(d.state.clone());
-                        break d.upstream.clone();
-                    }
-                    let model = model.clone();
-                    if !ctx.switch_to_fallback() {
-                        return Err(ErrorKind::NoHealthyEndpoint
-                            .err(format!("no usable endpoint left for model `{model}`")));
-                    }
+        // Carry out what the previous attempt's failure decided, if it failed.
+        let step = ctx.attempts.take_next();
+        match step {
+            Some(Step::Again(wait)) => wait_before_retry(session, wait).await?,
+            // A large-body subrequest's model was switched by the client's session.
+            Some(s) if s.switches_model() && !ctx.in_subrequest => {
+                if !ctx.switch_model(s) {
+                    return Err(ErrorKind::NoHealthyEndpoint.err(format!(
+                        "no usable endpoint left for model `{}`",
+                        ctx.model().unwrap_or("-")
+                    )));
                 }
-                Some(Target::Default(u)) => break u.clone(),
-                None => return Err(ErrorKind::Internal.err("no route decided")),
             }
+            _ => {}
+        }
+        let in_place = matches!(step, Some(Step::Again(_) | Step::Reconnect));
+        let upstream = match ctx.target.as_ref() {
+            Some(Target::Model { .. }) => {
+                let again = in_place.then(|| ctx.attempts.last_deployment()).flatten();
+                let chosen = match again {
+                    Some(d) => d,
+                    None => choose(ctx)?,
+                };
+                // The body names the model as the client (or a fallback) does; this
+                // deployment may know it by another id.
+                let model = ctx.model().unwrap_or_default();
+                let renamed = Some(&chosen.upstream_model).filter(|id| ***id != *model);
+                ctx.attempt_body = renamed.and_then(|id| {
+                    let body = ctx.body_override.as_ref().unwrap_or(&ctx.body);
+                    ctx.model_field.rename(body, id).map(|(renamed, _)| renamed)
+                });
+                ctx.attempts.push(&chosen.upstream, Some(&chosen));
+                ctx.deployment = Some(chosen.state.clone());
+                chosen.upstream
+            }
+            Some(Target::Default(u)) => {
+                let u = u.clone();
+                ctx.attempts.push(&u, None);
+                u
+            }
+            None => return Err(ErrorKind::Internal.err("no route decided")),
         };
-        ctx.attempts.push(&upstream);
         ctx.attempt_started = Some(Instant::now());
         upstream.count_attempt();
         let peer = Box::new(upstream.peer());
         // A retry's guard replaces (and so ends) the failed attempt's.
         ctx.in_flight = Some(InFlight::start(&upstream, ctx.deployment.as_ref()));
-        ctx.current = Some(upstream.clone());
+        ctx.current = Some(upstream);
         Ok(peer)
     }
 
     /// Nothing was sent: another endpoint of the model can take the request.
     fn fail_to_connect(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         peer: &HttpPeer,
         ctx: &mut RequestCtx,
         e: Box<Error>,
     ) -> Box<Error> {
-        failover::after_connect_failure(ctx, peer, e)
+        failover::after_connect_failure(session, ctx, peer, e)
     }
 
     /// See [`failover::after_proxy_error`].

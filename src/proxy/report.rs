@@ -42,6 +42,12 @@ pub(super) fn request_done(session: &Session, e: Option<&Error>, ctx: &RequestCt
         if let Some(d) = duration {
             m.request_duration.observe(d);
         }
+        let outcome_label = if status < 400 { "recovered" } else { "failed" };
+        for (class, model) in &outcome.retries {
+            m.retries
+                .with_label_values(&[model, class.label(), outcome_label])
+                .inc();
+        }
     }
     if crate::access_log::enabled() {
         access_log(session, e, ctx, &outcome, status, duration);
@@ -86,6 +92,11 @@ fn access_log(
         endpoint: outcome.last.as_ref().map(|u| u.endpoint.name.as_str()),
         status,
         attempts: outcome.sent,
+        retries: &outcome
+            .retries
+            .iter()
+            .map(|(class, _)| class.label())
+            .collect::<Vec<_>>(),
         ttfb: outcome.ttfb,
         duration,
         bytes_in: session.as_downstream().body_bytes_read(),
