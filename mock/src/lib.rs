@@ -334,7 +334,8 @@ impl Shared {
         let mut fault = self.fault.write().unwrap_or_else(|e| e.into_inner());
         let left = self.fault_left.load(Ordering::SeqCst);
         if fault.is_some() && left != usize::MAX {
-            self.fault_left.store(left.saturating_sub(1), Ordering::SeqCst);
+            self.fault_left
+                .store(left.saturating_sub(1), Ordering::SeqCst);
             if left <= 1 {
                 return fault.take();
             }

@@ -155,6 +155,11 @@ impl Member {
                 self.last_success = Some(now);
                 self.consecutive_failures = 0;
                 self.sync_deployments();
+                // And so does each model it lists: a model that recovered serves again
+                // within one probe interval, instead of after a doubled cooldown.
+                for d in self.deployments.values() {
+                    d.health.probe_succeeded();
+                }
                 if changed {
                     let served = self.served();
                     let names: Vec<&str> = served.iter().map(|m| m.name).collect();

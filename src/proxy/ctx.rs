@@ -152,16 +152,19 @@ impl RequestCtx {
         let progress = self.attempts.progress();
         let settings = self.routes.as_ref().map(|r| &r.settings);
         let budget = settings.map_or(Duration::ZERO, |s| s.retry_budget);
-        let available = |chain: &Option<fallback::FallbackChain>| {
-            chain.as_ref().is_some_and(|f| f.available())
-        };
+        let available =
+            |chain: &Option<fallback::FallbackChain>| chain.as_ref().is_some_and(|f| f.available());
         retry::Options {
             answered: answered(session),
-            replayable: self.in_subrequest || !session.retry_buffer_truncated(),
+            // A large body is replayed by running a new subrequest with it.
+            replayable: self.in_subrequest
+                || self.via_subrequest
+                || !session.retry_buffer_truncated(),
             attempts_left: progress.attempts < self.max_attempts(),
             another_deployment: self.model_has_untried(),
             fallback: available(&self.fallbacks) || self.parent_can.fallback,
-            context_fallback: available(&self.context_fallbacks) || self.parent_can.context_fallback,
+            context_fallback: available(&self.context_fallbacks)
+                || self.parent_can.context_fallback,
             retried_in_place: progress.retried_in_place,
             reconnected: progress.reconnected,
             time_left: budget.saturating_sub(self.started.map_or(Duration::ZERO, |t| t.elapsed())),
@@ -172,9 +175,8 @@ impl RequestCtx {
 
     /// Where the request may still move, for a large-body subrequest to know.
     pub(super) fn can_move(&self) -> CanMove {
-        let available = |chain: &Option<fallback::FallbackChain>| {
-            chain.as_ref().is_some_and(|f| f.available())
-        };
+        let available =
+            |chain: &Option<fallback::FallbackChain>| chain.as_ref().is_some_and(|f| f.available());
         CanMove {
             fallback: available(&self.fallbacks),
             context_fallback: available(&self.context_fallbacks),

@@ -178,7 +178,6 @@ fn retry_after(header: &ResponseHeader, now: SystemTime) -> Option<Duration> {
 mod tests {
     use super::*;
 
-
     fn head(status: u16, headers: &[(&str, &str)]) -> ResponseHeader {
         let mut h = ResponseHeader::build(status, None).unwrap();
         for (k, v) in headers {
@@ -224,7 +223,10 @@ mod tests {
     #[test]
     fn an_ocf_plain_text_200_is_a_failed_forward() {
         let plain = head(200, &[("content-type", "text/plain; charset=utf-8")]);
-        assert_eq!(judge(EndpointKind::Ocf, &plain), Some(Class::Unavailable(0)));
+        assert_eq!(
+            judge(EndpointKind::Ocf, &plain),
+            Some(Class::Unavailable(0))
+        );
         assert_eq!(judge(EndpointKind::Openai, &plain), None);
         let json = head(200, &[("content-type", "application/json")]);
         assert_eq!(judge(EndpointKind::Ocf, &json), None);

@@ -1,6 +1,10 @@
-//! Bodies over Pingora's 64 KiB retry buffer. Pingora 0.9 forwards nothing past that buffer once
+//! Bodies over Pingora's 64 KiB retry buffer, and requests whose 400 answers must be read
+//! before the client sees them. Pingora 0.9 forwards nothing past that buffer once
 //! `request_filter` has read the body, so the client's session re-sends the request as a
-//! subrequest carrying the body it read. A subrequest cannot replay its body either, so
+//! subrequest carrying the body it read. Pingora also writes an answer's head to the client
+//! before its body is read, and only the body of a 400 says whether the prompt was over the
+//! context window: a model with `context_window_fallbacks` goes through here too, and the
+//! client's session holds a 400 back until its (small) body is judged. A subrequest cannot replay its body either, so
 //! failover happens one level up: a subrequest that fails before answering asks for another
 //! attempt, and the client's session runs a new subrequest with the same body (a `Bytes`
 //! clone, no copy), excluding the endpoints already tried.
@@ -8,7 +12,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
+use pingora::http::ResponseHeader;
+use pingora::protocols::http::HttpTask;
 use pingora::proxy::subrequest::pipe::{
     pipe_subrequest, InputBody, InputBodyType, PipeSubrequestState,
 };
@@ -20,6 +26,7 @@ use super::attempts::Attempts;
 use super::client_gone;
 use super::ctx::{answered, CanMove, RequestCtx, Target};
 use super::model_field::ModelField;
+use super::retry::{self, Class, Step};
 use crate::error::ErrorKind;
 use crate::routes::Routes;
 
@@ -96,7 +103,8 @@ pub(super) async fn forward(
             .build();
         let (prepared, handle) = spawner.create_subrequest(session.as_downstream(), sub_ctx);
         let input = InputBodyType::Preset(InputBody::Bytes(vec![body]));
-        let pipe = pipe_subrequest(session, prepared, handle, |t| Ok(Some(t)), input);
+        let mut held = Held400::new(ctx.context_fallbacks.is_some());
+        let pipe = pipe_subrequest(session, prepared, handle, |t| held.filter(t), input);
         let piped = match &watch {
             Some(w) => tokio::select! {
                 piped = pipe => piped,
@@ -107,7 +115,21 @@ pub(super) async fn forward(
             None => pipe.await,
         };
         let error = match piped {
-            Ok(state) if state.header_received => return Ok(true),
+            Ok(state) if state.header_received => {
+                let Some((head, body)) = held.take() else {
+                    return Ok(true);
+                };
+                if over_context_window(session, ctx, &body) {
+                    continue;
+                }
+                let end = body.is_empty();
+                let mut answer = vec![HttpTask::Header(head, end)];
+                if !end {
+                    answer.push(HttpTask::Body(Some(body), true));
+                }
+                session.write_response_tasks(answer).await?;
+                return Ok(true);
+            }
             Ok(_) => ErrorKind::UpstreamFailed.err("the upstream sent no response"),
             Err(e) => {
                 settle(e.state).await;
@@ -129,6 +151,73 @@ pub(super) async fn forward(
         }
     }
     Err(ErrorKind::UpstreamFailed.err("no attempt left for this request"))
+}
+
+/// Whether a held 400 says the prompt was over the context window and the request moved to
+/// a model with a longer one. The subrequest judged the 400 by its head (final); its body
+/// tells more.
+fn over_context_window(session: &Session, ctx: &mut RequestCtx, body: &[u8]) -> bool {
+    if !retry::is_context_window_error(body) {
+        return false;
+    }
+    let step = retry::decide(Class::ContextWindow, &ctx.retry_options(session));
+    let model = ctx.model().unwrap_or_default().to_string();
+    ctx.attempts.decided(&model, Class::ContextWindow, step);
+    if step != Step::ContextFallback {
+        return false;
+    }
+    ctx.attempts.take_next();
+    ctx.switch_model(step)
+}
+
+/// The most of a 400's body held back: error messages are small.
+const MAX_HELD_BODY: usize = 16 * 1024;
+
+/// A subrequest's 400 answer, held back from the client until its body is judged.
+struct Held400 {
+    enabled: bool,
+    head: Option<Box<ResponseHeader>>,
+    body: BytesMut,
+}
+
+impl Held400 {
+    fn new(enabled: bool) -> Self {
+        Held400 {
+            enabled,
+            head: None,
+            body: BytesMut::new(),
+        }
+    }
+
+    /// The pipe's task filter: a 400's tasks are kept, every other answer passes.
+    fn filter(&mut self, task: HttpTask) -> Result<Option<HttpTask>> {
+        if !self.enabled {
+            return Ok(Some(task));
+        }
+        match task {
+            HttpTask::Header(head, _) if head.status == 400 && self.head.is_none() => {
+                self.head = Some(head);
+                Ok(None)
+            }
+            HttpTask::Body(chunk, _) if self.head.is_some() => {
+                let chunk = chunk.unwrap_or_default();
+                if self.body.len() + chunk.len() > MAX_HELD_BODY {
+                    return Err(ErrorKind::UpstreamFailed
+                        .err("the upstream's 400 answer is too large for an error message"));
+                }
+                self.body.extend_from_slice(&chunk);
+                Ok(None)
+            }
+            HttpTask::Done | HttpTask::Trailer(_) if self.head.is_some() => Ok(None),
+            task => Ok(Some(task)),
+        }
+    }
+
+    /// The held answer, if there is one.
+    fn take(&mut self) -> Option<(Box<ResponseHeader>, Bytes)> {
+        let head = self.head.take()?;
+        Some((head, std::mem::take(&mut self.body).freeze()))
+    }
 }
 
 /// How long a failed subrequest may take to finish its own error handling.

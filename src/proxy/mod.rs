@@ -171,7 +171,9 @@ impl Gateway {
         if let Target::Model { model, pool } = &target {
             let body = ctx.body_override.as_ref().unwrap_or(&original);
             let allows = |m: &str| client.is_none_or(|c| c.allows(m));
-            let chain = |map| fallback::FallbackChain::of(map, model, body, &ctx.model_field, routes, allows);
+            let chain = |map| {
+                fallback::FallbackChain::of(map, model, body, &ctx.model_field, routes, allows)
+            };
             ctx.fallbacks = chain(&settings.fallbacks);
             ctx.context_fallbacks = chain(&settings.context_window_fallbacks);
             let in_service = pool.has_candidate(&[]);
@@ -182,7 +184,9 @@ impl Gateway {
         } else {
             ctx.target = Some(target);
         }
-        if session.retry_buffer_truncated() {
+        // A model with context-window fallbacks has its 400s read before the client sees them,
+        // which only the subrequest path can do (see large_body.rs).
+        if session.retry_buffer_truncated() || ctx.context_fallbacks.is_some() {
             ctx.via_subrequest = true;
             return large_body::forward(session, ctx, original).await;
         }

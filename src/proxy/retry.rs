@@ -258,9 +258,17 @@ mod tests {
                 .into_iter()
                 .zip(steps)
             {
-                assert_eq!(decide(*class, &options(has, false)), *want, "{class:?} {has:?}");
+                assert_eq!(
+                    decide(*class, &options(has, false)),
+                    *want,
+                    "{class:?} {has:?}"
+                );
                 // Once a byte went to the client, nothing is retried.
-                assert_eq!(decide(*class, &options(has, true)), Final, "{class:?} {has:?} sent");
+                assert_eq!(
+                    decide(*class, &options(has, true)),
+                    Final,
+                    "{class:?} {has:?} sent"
+                );
             }
         }
     }
