@@ -256,13 +256,11 @@ impl ProxyHttp for Gateway {
         match step {
             Some(Step::Again(wait)) => wait_before_retry(session, wait).await?,
             // A large-body subrequest's model was switched by the client's session.
-            Some(s) if s.switches_model() && !ctx.in_subrequest => {
-                if !ctx.switch_model(s) {
-                    return Err(ErrorKind::NoHealthyEndpoint.err(format!(
-                        "no usable endpoint left for model `{}`",
-                        ctx.model().unwrap_or("-")
-                    )));
-                }
+            Some(s) if s.switches_model() && !ctx.in_subrequest && !ctx.switch_model(s) => {
+                return Err(ErrorKind::NoHealthyEndpoint.err(format!(
+                    "no usable endpoint left for model `{}`",
+                    ctx.model().unwrap_or("-")
+                )));
             }
             _ => {}
         }
