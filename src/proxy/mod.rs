@@ -4,8 +4,9 @@
 //! responses (local.rs, body.rs, respond.rs).
 //!
 //! In short: answers local routes, reads the body's `model`, picks an upstream
-//! from the model's pool, rewrites the request for it, retries connect failures on another
-//! endpoint, and renders every gateway error as OpenAI error JSON in `fail_to_proxy`.
+//! from the model's pool, rewrites the request for it, carries out the one retry decision
+//! (retry.rs) after a failed attempt, and renders every gateway error as OpenAI error JSON in
+//! `fail_to_proxy`.
 //!
 //! Bodies up to 64 KiB go upstream from Pingora's retry buffer. Larger ones are re-sent through
 //! a subrequest that carries the body already read (Pingora 0.9 forwards nothing past its
