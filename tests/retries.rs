@@ -399,3 +399,36 @@ async fn a_flapping_model_loses_no_request_and_serves_again_within_a_probe_inter
     // One probe interval (1 s), plus the next request's turn (1 s).
     assert!(back <= Duration::from_millis(2500), "back after {back:?}");
 }
+
+/// The access log names the classes that were retried, in order, and counts every attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_log_lists_the_retried_classes() {
+    let only = start_mock(MockConfig::openai("only", ["m"])).await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let gw = gateway(&[&only], &format!("access_log: {}", log.display())).await;
+    // A 429 on the only deployment of `m`, waited for and retried in place.
+    only.set_fault_times(Some(status(429, Some(1))), 1);
+    let r = post_json(
+        &gw.at("/v1/chat/completions"),
+        chat_body("m", false),
+        &[("x-request-id", "retried-1")],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    let line = poll_until(Duration::from_secs(5), || async {
+        std::fs::read_to_string(&log).is_ok_and(|s| s.contains("retried-1"))
+    })
+    .await;
+    assert!(line.is_some(), "the request's line was written");
+    let text = std::fs::read_to_string(&log).unwrap();
+    let entry: Value = text
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|v| v["request_id"] == "retried-1")
+        .unwrap();
+    assert_eq!(entry["retries"], json!(["429"]), "{entry}");
+    assert_eq!(entry["attempts"], 2, "{entry}");
+    assert_eq!(entry["status"], 200);
+}
