@@ -5,8 +5,12 @@
 //! watches a duplicate of the client's socket for the peer's FIN or RST, without consuming
 //! any bytes, so the upstream request can be dropped at once.
 
+use std::future::Future;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use pingora::proxy::Session;
+use pingora::{Error, ErrorType, Result};
 
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
@@ -16,6 +20,12 @@ pub struct ClientWatch {
 }
 
 impl ClientWatch {
+    /// A watch on the session's client socket, when it has one that can be watched.
+    pub fn of(session: &Session) -> Option<ClientWatch> {
+        let stream = session.as_downstream().stream()?;
+        ClientWatch::new(stream.id()).ok()
+    }
+
     /// Watch the socket `fd` (which stays owned by its session; a duplicate is watched).
     pub fn new(fd: RawFd) -> io::Result<ClientWatch> {
         // SAFETY: dup of a socket the session keeps open for the duration of the call.
@@ -56,6 +66,23 @@ impl ClientWatch {
                     _ => return, // reset or other socket error: the client is gone
                 },
             }
+        }
+    }
+}
+
+/// Runs `work` unless the client watched by `watch` goes away first (then a downstream
+/// `ConnectionClosed` error). Without a watch, `work` simply runs.
+pub async fn unless_gone<T>(
+    watch: Option<&ClientWatch>,
+    work: impl Future<Output = T>,
+) -> Result<T> {
+    let Some(watch) = watch else {
+        return Ok(work.await);
+    };
+    tokio::select! {
+        done = work => Ok(done),
+        () = watch.closed() => {
+            Err(Error::explain(ErrorType::ConnectionClosed, "the client went away").into_down())
         }
     }
 }

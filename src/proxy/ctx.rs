@@ -152,8 +152,7 @@ impl RequestCtx {
         let progress = self.attempts.progress();
         let settings = self.routes.as_ref().map(|r| &r.settings);
         let budget = settings.map_or(Duration::ZERO, |s| s.retry_budget);
-        let available =
-            |chain: &Option<fallback::FallbackChain>| chain.as_ref().is_some_and(|f| f.available());
+        let here = self.can_move();
         retry::Options {
             answered: answered(session),
             // A large body is replayed by running a new subrequest with it.
@@ -162,9 +161,8 @@ impl RequestCtx {
                 || !session.retry_buffer_truncated(),
             attempts_left: progress.attempts < self.max_attempts(),
             another_deployment: self.model_has_untried(),
-            fallback: available(&self.fallbacks) || self.parent_can.fallback,
-            context_fallback: available(&self.context_fallbacks)
-                || self.parent_can.context_fallback,
+            fallback: here.fallback || self.parent_can.fallback,
+            context_fallback: here.context_fallback || self.parent_can.context_fallback,
             retried_in_place: progress.retried_in_place,
             reconnected: progress.reconnected,
             time_left: budget.saturating_sub(self.started.map_or(Duration::ZERO, |t| t.elapsed())),
@@ -173,7 +171,8 @@ impl RequestCtx {
         }
     }
 
-    /// Where the request may still move, for a large-body subrequest to know.
+    /// Where this session may still move the request (a large-body subrequest's own chains
+    /// are empty: see `parent_can`).
     pub(super) fn can_move(&self) -> CanMove {
         let available =
             |chain: &Option<fallback::FallbackChain>| chain.as_ref().is_some_and(|f| f.available());

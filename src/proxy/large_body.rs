@@ -20,7 +20,7 @@ use pingora::proxy::subrequest::pipe::{
 };
 use pingora::proxy::subrequest::{BodyMode, Ctx as SubrequestCtx};
 use pingora::proxy::Session;
-use pingora::{Error, ErrorType, Result};
+use pingora::Result;
 
 use super::attempts::Attempts;
 use super::client_gone;
@@ -62,10 +62,7 @@ pub(super) async fn forward(
     original: Bytes,
 ) -> Result<bool> {
     // The pipe does not read the client while it waits: watch the socket for a close.
-    let watch = session
-        .as_downstream()
-        .stream()
-        .and_then(|s| client_gone::ClientWatch::new(s.id()).ok());
+    let watch = client_gone::ClientWatch::of(session);
     let routes = ctx
         .routes
         .clone()
@@ -105,15 +102,7 @@ pub(super) async fn forward(
         let input = InputBodyType::Preset(InputBody::Bytes(vec![body]));
         let mut held = Held400::new(ctx.context_fallbacks.is_some());
         let pipe = pipe_subrequest(session, prepared, handle, |t| held.filter(t), input);
-        let piped = match &watch {
-            Some(w) => tokio::select! {
-                piped = pipe => piped,
-                () = w.closed() => {
-                    return Err(Error::explain(ErrorType::ConnectionClosed, "the client went away").into_down());
-                }
-            },
-            None => pipe.await,
-        };
+        let piped = client_gone::unless_gone(watch.as_ref(), pipe).await?;
         let error = match piped {
             Ok(state) if state.header_received => {
                 let Some((head, body)) = held.take() else {

@@ -83,20 +83,8 @@ fn choose(ctx: &mut RequestCtx) -> Result<crate::deployment::Deployment> {
 
 /// Wait before retrying a deployment in place, unless the client goes away meanwhile.
 async fn wait_before_retry(session: &Session, wait: Duration) -> Result<()> {
-    let watch = session
-        .as_downstream()
-        .stream()
-        .and_then(|s| client_gone::ClientWatch::new(s.id()).ok());
-    match watch {
-        Some(w) => tokio::select! {
-            () = tokio::time::sleep(wait) => Ok(()),
-            () = w.closed() => Err(Error::explain(ErrorType::ConnectionClosed, "the client went away").into_down()),
-        },
-        None => {
-            tokio::time::sleep(wait).await;
-            Ok(())
-        }
-    }
+    let watch = client_gone::ClientWatch::of(session);
+    client_gone::unless_gone(watch.as_ref(), tokio::time::sleep(wait)).await
 }
 
 /// The gateway's proxy logic. What a reload can change comes with each routing snapshot
