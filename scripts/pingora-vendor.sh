@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# The Pingora crates ai-proxy carries patches on, rebuilt from their crates.io release and
+# the patch series in patches/<crate>/ (applied in file-name order):
+#
+#   scripts/pingora-vendor.sh          rebuild vendor/<crate> (after adding or editing a patch)
+#   scripts/pingora-vendor.sh --check  fail if vendor/<crate> is not exactly release + series
+#
+# vendor/<crate> is what Cargo builds ([patch.crates-io] in Cargo.toml); CI runs --check so
+# the vendored tree never drifts from the series (no silent edits). README, "Patches on
+# Pingora", says how to add a patch and how to move to a new Pingora release.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VERSION=0.9.1
+# The sha256 of each crate's .crate file as published (crates.io's index, the `checksum` of
+# an unpatched Cargo.lock). A new release means new sums here.
+declare -A SHA256=(
+    [pingora-core]=a535f47f65fdcb003f9e1df04cd18e614c128dfe9388acce3f211ae38ac14d68
+)
+
+check=false
+case "${1:-}" in
+--check) check=true ;;
+"") ;;
+*)
+    echo "usage: $0 [--check]" >&2
+    exit 2
+    ;;
+esac
+
+cache=target/pingora-crates
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+mkdir -p "$cache"
+
+# The release's .crate: Cargo's own download if it has one, else crates.io; checked either way.
+fetch() {
+    local crate=$1 file="$cache/$1-$VERSION.crate"
+    if [ ! -f "$file" ]; then
+        local local_copy
+        local_copy=$(ls "${CARGO_HOME:-$HOME/.cargo}"/registry/cache/*/"$crate-$VERSION.crate" 2>/dev/null | head -1 || true)
+        if [ -n "$local_copy" ]; then
+            cp "$local_copy" "$file.part"
+        else
+            curl -sSfL --retry 3 -o "$file.part" \
+                "https://static.crates.io/crates/$crate/$crate-$VERSION.crate"
+        fi
+        mv "$file.part" "$file"
+    fi
+    if ! echo "${SHA256[$crate]}  $file" | sha256sum --check --quiet; then
+        rm -f "$file"
+        echo "$crate-$VERSION.crate: checksum mismatch" >&2
+        exit 1
+    fi
+    echo "$file"
+}
+
+status=0
+for crate in "${!SHA256[@]}"; do
+    tar -xzf "$(fetch "$crate")" -C "$work"
+    tree="$work/$crate-$VERSION"
+    for p in patches/"$crate"/*.patch; do
+        [ -e "$p" ] || continue
+        if ! patch -d "$tree" -p1 --forward --no-backup-if-mismatch --quiet <"$p"; then
+            echo "$p does not apply to $crate $VERSION" >&2
+            exit 1
+        fi
+    done
+    if $check; then
+        if ! diff -r "$tree" "vendor/$crate" >"$work/$crate.diff"; then
+            echo "vendor/$crate differs from $crate $VERSION + patches/$crate (run $0):" >&2
+            head -50 "$work/$crate.diff" >&2
+            status=1
+        fi
+    else
+        rm -rf "vendor/$crate"
+        mkdir -p vendor
+        mv "$tree" "vendor/$crate"
+        echo "vendor/$crate: $crate $VERSION + $(ls patches/"$crate"/*.patch 2>/dev/null | wc -l) patches"
+    fi
+done
+$check && [ $status -eq 0 ] && echo "vendored Pingora crates match their releases and patch series"
+exit $status
