@@ -4,6 +4,7 @@
 #
 #   scripts/pingora-vendor.sh          rebuild vendor/<crate> (after adding or editing a patch)
 #   scripts/pingora-vendor.sh --check  fail if vendor/<crate> is not exactly release + series
+#   scripts/pingora-vendor.sh --test   run the patches' own tests in the vendored crates
 #
 # vendor/<crate> is what Cargo builds ([patch.crates-io] in Cargo.toml); CI runs --check so
 # the vendored tree never drifts from the series (no silent edits). README, "Patches on
@@ -17,13 +18,36 @@ VERSION=0.9.1
 declare -A SHA256=(
     [pingora-core]=a535f47f65fdcb003f9e1df04cd18e614c128dfe9388acce3f211ae38ac14d68
 )
+# Each patch's tests (libtest name filters), and the features they need.
+declare -A TESTS=(
+    [pingora-core]="connectors::tests::test_unwatched_"
+)
+declare -A FEATURES=(
+    [pingora-core]=rustls
+)
 
 check=false
 case "${1:-}" in
 --check) check=true ;;
+--test)
+    # The crate with its own dev-dependencies, so a copy outside this workspace (whose
+    # root package would otherwise claim it); one target dir shared between runs.
+    target=$PWD/target/vendored
+    work=$(mktemp -d)
+    trap 'rm -rf "$work"' EXIT
+    for crate in "${!TESTS[@]}"; do
+        cp -r "vendor/$crate" "$work/$crate"
+        # Its published lock file can pin versions since yanked: resolve afresh.
+        rm -f "$work/$crate/Cargo.lock"
+        # shellcheck disable=SC2086 # the filters are words
+        cargo test --manifest-path "$work/$crate/Cargo.toml" --target-dir "$target" \
+            --features "${FEATURES[$crate]}" --lib -- ${TESTS[$crate]}
+    done
+    exit 0
+    ;;
 "") ;;
 *)
-    echo "usage: $0 [--check]" >&2
+    echo "usage: $0 [--check | --test]" >&2
     exit 2
     ;;
 esac

@@ -423,6 +423,9 @@ impl Config {
             max_retries: (self.max_attempts as usize + 1)
                 * (1 + longest(&self.fallbacks) + longest(&self.context_window_fallbacks)),
             upgrade_sock: self.upgrade_sock.to_string_lossy().into_owned(),
+            // Idle pooled connections are checked when taken, not watched by a task each
+            // (patches/pingora-core/0001): no spawn per release, no hand-off per reuse.
+            upstream_keepalive_idle_watch: false,
             ..ServerConf::default()
         }
     }

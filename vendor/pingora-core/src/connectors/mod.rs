@@ -110,6 +110,15 @@ pub struct ConnectorOptions {
     /// Optional callback for observing how long upstream connections stayed idle
     /// before leaving the keep-alive pool without reuse.
     pub keepalive_pool_callback: Option<PoolCallback>,
+    /// Whether each connection released to the keepalive pool gets a task that watches it
+    /// while idle, dropping it as soon as the server closes it or its idle timeout passes.
+    ///
+    /// Without the watch (`false`), an idle connection is checked when it is taken again: past
+    /// its idle timeout, or closed or sent data by the server, it is dropped then. This saves
+    /// a task spawn per release and a hand-off between tasks on every reuse; the price is that
+    /// a connection the server closed stays open (in CLOSE_WAIT) until it is taken again or
+    /// pushed out of the pool. Defaults to `true`.
+    pub idle_watch: bool,
 }
 
 impl ConnectorOptions {
@@ -147,6 +156,7 @@ impl ConnectorOptions {
             bind_to_v4,
             bind_to_v6,
             keepalive_pool_callback: None,
+            idle_watch: server_conf.upstream_keepalive_idle_watch,
         }
     }
 
@@ -163,14 +173,23 @@ impl ConnectorOptions {
             bind_to_v4: vec![],
             bind_to_v6: vec![],
             keepalive_pool_callback: None,
+            idle_watch: true,
         }
     }
+}
+
+/// A connection resting in the keepalive pool of a [TransportConnector]
+struct PooledStream {
+    stream: Arc<Mutex<Stream>>,
+    /// Set when no task watches the connection (see [ConnectorOptions::idle_watch]): when it
+    /// was released and how long it may stay idle, checked when it is taken again.
+    unwatched: Option<(Instant, Option<Duration>)>,
 }
 
 /// [TransportConnector] provides APIs to connect to servers via TCP or TLS with connection reuse
 pub struct TransportConnector {
     tls_ctx: tls::Connector,
-    connection_pool: Arc<ConnectionPool<Arc<Mutex<Stream>>>>,
+    connection_pool: Arc<ConnectionPool<PooledStream>>,
     offload: Option<OffloadRuntime>,
     bind_to_v4: Vec<SocketAddr>,
     bind_to_v6: Vec<SocketAddr>,
@@ -179,6 +198,7 @@ pub struct TransportConnector {
     /// for periodic metric reporting without needing access to the connector itself.
     unexpected_data_conn_count: Arc<AtomicU64>,
     keepalive_pool_callback: Option<PoolCallback>,
+    idle_watch: bool,
 }
 
 const DEFAULT_POOL_SIZE: usize = 128;
@@ -201,6 +221,7 @@ impl TransportConnector {
         let keepalive_pool_callback = options
             .as_ref()
             .and_then(|o| o.keepalive_pool_callback.clone());
+        let idle_watch = options.as_ref().map_or(true, |o| o.idle_watch);
         TransportConnector {
             tls_ctx: tls::Connector::new(options),
             connection_pool: Arc::new(ConnectionPool::new(pool_size)),
@@ -210,6 +231,7 @@ impl TransportConnector {
             preferred_http_version: PreferredHttpVersion::new(),
             unexpected_data_conn_count: Arc::new(AtomicU64::new(0)),
             keepalive_pool_callback,
+            idle_watch,
         }
     }
 
@@ -250,7 +272,17 @@ impl TransportConnector {
     /// Try to find a reusable connection to the given server [Peer]
     pub async fn reused_stream<P: Peer + Send + Sync>(&self, peer: &P) -> Option<Stream> {
         match self.connection_pool.get(&peer.reuse_hash()) {
-            Some(s) => {
+            Some(PooledStream {
+                unwatched: Some((idle_since, Some(idle_timeout))),
+                ..
+            }) if idle_since.elapsed() >= idle_timeout => {
+                debug!("idle connection is past its idle timeout, close it");
+                if let Some(callback) = &self.keepalive_pool_callback {
+                    callback(idle_since.elapsed());
+                }
+                None
+            }
+            Some(PooledStream { stream: s, .. }) => {
                 debug!("find reusable stream, trying to acquire it");
                 {
                     let _ = s.lock().await;
@@ -322,8 +354,22 @@ impl TransportConnector {
         let meta = ConnectionMeta::new(key, id);
         debug!("Try to keepalive client session");
         let stream = Arc::new(Mutex::new(stream));
+        if !self.idle_watch {
+            let pooled = PooledStream {
+                stream,
+                unwatched: Some((Instant::now(), idle_timeout)),
+            };
+            // Nobody waits for the use or eviction signals: an evicted connection is dropped
+            // with its pool entry, an expired or broken one when it is taken.
+            let _ = self.connection_pool.put(&meta, pooled);
+            return;
+        }
         let locked_stream = stream.clone().try_lock_owned().unwrap(); // safe as we just created it
-        let (notify_close, watch_use) = self.connection_pool.put(&meta, stream);
+        let pooled = PooledStream {
+            stream,
+            unwatched: None,
+        };
+        let (notify_close, watch_use) = self.connection_pool.put(&meta, pooled);
         let idle_meta = IdleConnection::new(meta);
         let pool = self.connection_pool.clone(); //clone the arc
         let keepalive_pool_callback = self.keepalive_pool_callback.clone();
@@ -807,6 +853,68 @@ mod tests {
             .connect_local_addr()
             .expect("TLS handshake failure should retain the assigned local address");
         assert_ne!(local_addr.port(), 0);
+    }
+
+    /// A connector whose pool does not watch idle connections, and a loopback server that
+    /// keeps every connection it accepts until `close` is called.
+    async fn unwatched_connector_and_server() -> (
+        TransportConnector,
+        BasicPeer,
+        tokio::sync::mpsc::Receiver<tokio::net::TcpStream>,
+    ) {
+        let mut options = ConnectorOptions::new(8);
+        options.idle_watch = false;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let peer = BasicPeer::new(&listener.local_addr().unwrap().to_string());
+        let (accepted, rx) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(async move {
+            while let Ok((sock, _)) = listener.accept().await {
+                if accepted.send(sock).await.is_err() {
+                    return;
+                }
+            }
+        });
+        (TransportConnector::new(Some(options)), peer, rx)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn test_unwatched_pool_reuses_without_a_task() {
+        let (connector, peer, _server) = unwatched_connector_and_server().await;
+        let stream = connector.new_stream(&peer).await.unwrap();
+        let fd = stream.id();
+        let metrics = tokio::runtime::Handle::current().metrics();
+        let tasks = metrics.num_alive_tasks();
+        connector.release_stream(stream, peer.reuse_hash(), Some(Duration::from_secs(60)));
+        assert_eq!(metrics.num_alive_tasks(), tasks, "no idle watch task");
+        // Every release is taken again: no healthy connection is lost to a race with an
+        // idle watcher (pingora#998), whichever thread takes it.
+        for _ in 0..1000 {
+            let (stream, reused) = connector.get_stream(&peer).await.unwrap();
+            assert!(reused);
+            assert_eq!(stream.id(), fd);
+            connector.release_stream(stream, peer.reuse_hash(), Some(Duration::from_secs(60)));
+        }
+    }
+
+    #[tokio::test]
+    async fn test_unwatched_pool_drops_expired_connection() {
+        let (connector, peer, _server) = unwatched_connector_and_server().await;
+        let stream = connector.new_stream(&peer).await.unwrap();
+        connector.release_stream(stream, peer.reuse_hash(), Some(Duration::ZERO));
+        let (_, reused) = connector.get_stream(&peer).await.unwrap();
+        assert!(!reused, "a connection past its idle timeout is not reused");
+    }
+
+    #[tokio::test]
+    async fn test_unwatched_pool_drops_connection_closed_by_server() {
+        let (connector, peer, mut server) = unwatched_connector_and_server().await;
+        let stream = connector.new_stream(&peer).await.unwrap();
+        connector.release_stream(stream, peer.reuse_hash(), None);
+        drop(server.recv().await.unwrap());
+        // On loopback the FIN is there at once; the reactor records it when the runtime parks.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let (_, reused) = connector.get_stream(&peer).await.unwrap();
+        assert!(!reused, "a connection the server closed is not reused");
     }
 
     #[tokio::test]

@@ -108,6 +108,10 @@ pub struct ServerConf {
     /// [`ConnectorOptions`](crate::connectors::ConnectorOptions).
     /// Note: this is an _unstable_ field that may be renamed or removed in the future.
     pub upstream_keepalive_pool_size: usize,
+    /// Whether each idle pooled upstream connection is watched by a task of its own. See
+    /// [`ConnectorOptions::idle_watch`](crate::connectors::ConnectorOptions::idle_watch).
+    /// Note: this is an _unstable_ field that may be renamed or removed in the future.
+    pub upstream_keepalive_idle_watch: bool,
     /// Number of dedicated thread pools to use for upstream connection establishment.
     /// See [`ConnectorOptions`](crate::connectors::ConnectorOptions).
     /// Note: this is an _unstable_ field that may be renamed or removed in the future.
@@ -238,6 +242,7 @@ impl Default for ServerConf {
             work_stealing: true,
             runtime_enable_alt_timer: false,
             upstream_keepalive_pool_size: 128,
+            upstream_keepalive_idle_watch: true,
             upstream_connect_offload_threadpools: None,
             upstream_connect_offload_thread_per_pool: None,
             downstream_tls_offload_threadpools: None,
@@ -485,6 +490,7 @@ mod tests {
             work_stealing: true,
             runtime_enable_alt_timer: false,
             upstream_keepalive_pool_size: 4,
+            upstream_keepalive_idle_watch: true,
             upstream_connect_offload_threadpools: None,
             upstream_connect_offload_thread_per_pool: None,
             downstream_tls_offload_threadpools: None,
