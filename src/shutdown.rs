@@ -164,7 +164,8 @@ impl Signals {
             m.config_reloads.with_label_values(&[result]).inc();
         }
         match outcome {
-            Ok(Reloaded::Applied) => log::info!("reload ({why}): new config in force"),
+            // Discovery says when it is in force (it publishes the routes that carry it).
+            Ok(Reloaded::Applied) => log::info!("reload ({why}): new config accepted"),
             Ok(Reloaded::Unchanged) => {}
             Ok(Reloaded::NoFile) => log::info!(
                 "reload ({why}): the config comes from the environment alone; nothing to read again"

@@ -118,7 +118,6 @@ impl Discovery {
     /// waiting for the next round.
     async fn reload(&self, before: &InForce, now: &InForce, states: &mut Vec<EndpointState>) {
         let changes = restate(states, &now.config.endpoints);
-        log::info!("reload: endpoints {changes}");
         let current = self.routes.load_full();
         // Pools keep their policy's state (rotation, latency averages) across rounds; a new
         // `balancing` section starts them afresh.
@@ -128,6 +127,7 @@ impl Discovery {
             Arc::new(Routes::default())
         };
         self.publish(now, states, &previous, current.ready);
+        log::info!("reload: new config in force; endpoints {changes}");
         self.round(now, states, false).await;
     }
     /// Resolve one endpoint and poll each of its addresses at once, each within `poll_time`.

@@ -1332,6 +1332,11 @@ impl BodyWriter {
         }
     }
 
+    /// A Content-Length body of which nothing is written yet.
+    pub fn content_length_pending(&self) -> bool {
+        matches!(self.body_mode, BM::ContentLength(total, 0) if total > 0)
+    }
+
     pub fn finished(&self) -> bool {
         match self.body_mode {
             BM::Complete(_) => true,

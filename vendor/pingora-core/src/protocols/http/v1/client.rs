@@ -20,10 +20,12 @@ use log::{debug, trace};
 use pingora_error::{Error, ErrorType::*, OrErr, Result, RetryType};
 use pingora_http::{HMap, IntoCaseHeaderName, RequestHeader, ResponseHeader};
 use pingora_timeout::timeout;
-use std::io::ErrorKind;
+use std::io::{ErrorKind, IoSlice};
+use std::pin::Pin;
 use std::str;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::body::{BodyReader, BodyWriter};
 use super::common::*;
@@ -67,6 +69,10 @@ pub struct HttpSession {
     // If allowed, does not fail with error on invalid content-length
     // (treats as close-delimited response).
     allow_h1_response_invalid_content_length: bool,
+    // The request header held back to go out in one write with the first body bytes (see
+    // write_request_header), and whether reading the response already waited for them once.
+    held_header: Option<Bytes>,
+    held_header_waited: bool,
 }
 
 /// HTTP 1.x client session
@@ -100,6 +106,8 @@ impl HttpSession {
             received_upgrade_req_body: false,
             close_delimited_resp: false,
             allow_h1_response_invalid_content_length: false,
+            held_header: None,
+            held_header_waited: false,
         }
     }
 
@@ -130,6 +138,17 @@ impl HttpSession {
         })?;
         trace!("Writing request header: {to_wire:?}");
 
+        // A header followed by a Content-Length body waits for the first body bytes and goes
+        // out with them in one write, so the server is woken once for the request instead of
+        // twice. Not with `Expect: 100-continue`: there the body waits for the server.
+        if self.body_writer.content_length_pending() && !expects_continue(&req) {
+            let len = to_wire.len();
+            self.held_header = Some(to_wire.freeze());
+            self.held_header_waited = false;
+            self.request_written = Some(req);
+            return Ok(len);
+        }
+
         let write_fut = self.underlying_stream.write_all(to_wire.as_ref());
         match self.write_timeout {
             Some(t) => match timeout(t, write_fut).await {
@@ -156,10 +175,11 @@ impl HttpSession {
     }
 
     async fn do_write_body(&mut self, buf: &[u8]) -> Result<Option<usize>> {
-        let written = self
-            .body_writer
-            .write_body(&mut self.underlying_stream, buf)
-            .await;
+        let mut stream = HeaderFirst {
+            header: &mut self.held_header,
+            stream: &mut self.underlying_stream,
+        };
+        let written = self.body_writer.write_body(&mut stream, buf).await;
 
         if let Ok(Some(num_bytes)) = written {
             self.bytes_sent += num_bytes;
@@ -191,6 +211,7 @@ impl HttpSession {
     /// Flush local buffer and notify the server by sending the last chunk if chunked encoding is
     /// used.
     pub async fn finish_body(&mut self) -> Result<Option<usize>> {
+        self.send_held_header().await?;
         let res = self.body_writer.finish(&mut self.underlying_stream).await?;
         self.underlying_stream
             .flush()
@@ -199,6 +220,31 @@ impl HttpSession {
 
         self.maybe_force_close_body_reader();
         Ok(res)
+    }
+
+    /// Write a request header still held back for the body, if any.
+    async fn send_held_header(&mut self) -> Result<()> {
+        if self.held_header.is_none() {
+            return Ok(());
+        }
+        let mut stream = HeaderFirst {
+            header: &mut self.held_header,
+            stream: &mut self.underlying_stream,
+        };
+        let flush = stream.flush();
+        match self.write_timeout {
+            Some(t) => match timeout(t, flush).await {
+                Ok(res) => res,
+                Err(_) => Err(std::io::Error::from(ErrorKind::TimedOut)),
+            },
+            None => flush.await,
+        }
+        .map_err(|e| match e.kind() {
+            ErrorKind::TimedOut => {
+                Error::because(WriteTimedout, "while writing request headers (timeout)", e)
+            }
+            _ => Error::because(WriteError, "while writing request headers", e),
+        })
     }
 
     // Validate the response header read. This function must be called after the response header
@@ -245,6 +291,16 @@ impl HttpSession {
     /// This function can be called multiple times, if the headers received are just informational
     /// headers.
     pub async fn read_response(&mut self) -> Result<usize> {
+        if self.held_header.is_some() {
+            if !self.held_header_waited {
+                // A caller that writes the body while it reads (the proxy's duplex loop polls
+                // both) gets one turn to write a body it already has: header and body then go
+                // in one write. Only then is the header sent alone.
+                self.held_header_waited = true;
+                tokio::task::yield_now().await;
+            }
+            self.send_held_header().await?;
+        }
         let mut parse_existing_buffer = true;
 
         if self.response_header_read_buf.is_empty() {
@@ -882,6 +938,71 @@ impl HttpSession {
     }
 }
 
+fn expects_continue(req: &RequestHeader) -> bool {
+    req.headers
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+}
+
+/// The stream with a held-back request header in front: the first write sends the header and
+/// the body bytes together (one `writev`); a flush sends the header alone. What is written of
+/// the header is taken off it at once, so a cancelled write resumes where it stopped.
+struct HeaderFirst<'a> {
+    header: &'a mut Option<Bytes>,
+    stream: &'a mut Stream,
+}
+
+impl HeaderFirst<'_> {
+    /// Write the header, with `body` after it in the same write. Returns how much of `body`
+    /// went out once the header is all written.
+    fn poll_write_header(&mut self, cx: &mut Context<'_>, body: &[u8]) -> Poll<std::io::Result<usize>> {
+        while let Some(header) = self.header.as_mut() {
+            let bufs = [IoSlice::new(header), IoSlice::new(body)];
+            let n = ready!(Pin::new(&mut *self.stream).poll_write_vectored(cx, &bufs))?;
+            if n == 0 {
+                return Poll::Ready(Err(ErrorKind::WriteZero.into()));
+            }
+            let header_len = header.len();
+            if n < header_len {
+                bytes::Buf::advance(header, n);
+            } else {
+                *self.header = None;
+                return Poll::Ready(Ok(n - header_len));
+            }
+        }
+        Poll::Ready(Ok(0))
+    }
+}
+
+impl AsyncWrite for HeaderFirst<'_> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        if this.header.is_some() {
+            let body_written = ready!(this.poll_write_header(cx, buf))?;
+            if body_written > 0 || buf.is_empty() {
+                return Poll::Ready(Ok(body_written));
+            }
+        }
+        Pin::new(&mut *this.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_write_header(cx, &[]))?;
+        Pin::new(&mut *this.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_write_header(cx, &[]))?;
+        Pin::new(&mut *this.stream).poll_shutdown(cx)
+    }
+}
+
 #[inline]
 fn parse_resp_buffer<'buf>(
     resp: &mut httparse::Response<'_, 'buf>,
@@ -1375,6 +1496,169 @@ mod tests_stream {
         let mut http_stream = HttpSession::new(Box::new(mock_io));
         let res = http_stream.read_response().await;
         assert_eq!(&ErrorType::InvalidHTTPHeader, res.unwrap_err().etype());
+    }
+
+    /// A stream that logs the size of each write it is given (a vectored write whole), over a
+    /// duplex pipe whose other end plays the server.
+    #[derive(Debug)]
+    struct WriteLog {
+        pipe: tokio::io::DuplexStream,
+        writes: std::sync::Arc<std::sync::Mutex<Vec<usize>>>,
+    }
+
+    impl WriteLog {
+        fn new() -> (Self, tokio::io::DuplexStream, std::sync::Arc<std::sync::Mutex<Vec<usize>>>) {
+            let (pipe, server) = tokio::io::duplex(64 * 1024);
+            let writes = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+            let log = WriteLog {
+                pipe,
+                writes: writes.clone(),
+            };
+            (log, server, writes)
+        }
+    }
+
+    impl tokio::io::AsyncRead for WriteLog {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.pipe).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for WriteLog {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            let n = ready!(Pin::new(&mut self.pipe).poll_write(cx, buf))?;
+            self.writes.lock().unwrap().push(n);
+            Poll::Ready(Ok(n))
+        }
+
+        fn poll_write_vectored(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            bufs: &[IoSlice<'_>],
+        ) -> Poll<std::io::Result<usize>> {
+            let whole: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
+            self.poll_write(cx, &whole)
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.pipe).poll_flush(cx)
+        }
+
+        fn poll_shutdown(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.pipe).poll_shutdown(cx)
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl crate::protocols::Shutdown for WriteLog {
+        async fn shutdown(&mut self) -> () {}
+    }
+    impl UniqueID for WriteLog {
+        fn id(&self) -> UniqueIDType {
+            0
+        }
+    }
+    impl crate::protocols::Ssl for WriteLog {}
+    impl crate::protocols::GetTimingDigest for WriteLog {
+        fn get_timing_digest(&self) -> Vec<Option<crate::protocols::TimingDigest>> {
+            vec![]
+        }
+    }
+    impl crate::protocols::GetProxyDigest for WriteLog {
+        fn get_proxy_digest(&self) -> Option<std::sync::Arc<crate::protocols::raw_connect::ProxyDigest>> {
+            None
+        }
+    }
+    impl crate::protocols::GetSocketDigest for WriteLog {
+        fn get_socket_digest(&self) -> Option<std::sync::Arc<crate::protocols::SocketDigest>> {
+            None
+        }
+    }
+    impl crate::protocols::Peek for WriteLog {}
+
+    fn post(body_len: usize) -> Box<RequestHeader> {
+        let mut req = RequestHeader::build("POST", b"/v1/chat/completions", None).unwrap();
+        req.insert_header("Content-Length", body_len).unwrap();
+        Box::new(req)
+    }
+
+    async fn read_exactly(server: &mut tokio::io::DuplexStream, n: usize) -> Vec<u8> {
+        let mut got = vec![0; n];
+        server.read_exact(&mut got).await.unwrap();
+        got
+    }
+
+    #[tokio::test]
+    async fn write_header_and_body_in_one_write() {
+        let (io, mut server, writes) = WriteLog::new();
+        let mut http_stream = HttpSession::new(Box::new(io));
+        let head = b"POST /v1/chat/completions HTTP/1.1\r\nContent-Length: 5\r\n\r\n";
+        let n = http_stream.write_request_header(post(5)).await.unwrap();
+        assert_eq!(n, head.len());
+        assert!(writes.lock().unwrap().is_empty(), "the header waits for the body");
+        assert_eq!(http_stream.write_body(b"hello").await.unwrap(), Some(5));
+        assert_eq!(http_stream.body_bytes_sent(), 5);
+        http_stream.finish_body().await.unwrap();
+        assert_eq!(*writes.lock().unwrap(), vec![head.len() + 5]);
+        let mut wire = head.to_vec();
+        wire.extend_from_slice(b"hello");
+        assert_eq!(read_exactly(&mut server, wire.len()).await, wire);
+    }
+
+    #[tokio::test]
+    async fn held_header_is_sent_when_the_response_is_read_first() {
+        let (io, mut server, writes) = WriteLog::new();
+        let mut http_stream = HttpSession::new(Box::new(io));
+        let head = b"POST /v1/chat/completions HTTP/1.1\r\nContent-Length: 5\r\n\r\n";
+        http_stream.write_request_header(post(5)).await.unwrap();
+        // A server that answers from the header alone, before any body.
+        let answer = async {
+            let got = read_exactly(&mut server, head.len()).await;
+            server
+                .write_all(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 0\r\n\r\n")
+                .await
+                .unwrap();
+            got
+        };
+        let (read, got) = tokio::join!(http_stream.read_response(), answer);
+        read.unwrap();
+        assert_eq!(got, head);
+        assert_eq!(http_stream.get_status(), Some(StatusCode::PAYLOAD_TOO_LARGE));
+        assert_eq!(*writes.lock().unwrap(), vec![head.len()]);
+    }
+
+    #[tokio::test]
+    async fn expect_continue_header_is_not_held() {
+        let (io, _server, writes) = WriteLog::new();
+        let mut http_stream = HttpSession::new(Box::new(io));
+        let mut req = post(5);
+        req.insert_header("Expect", "100-continue").unwrap();
+        let n = http_stream.write_request_header(req).await.unwrap();
+        assert_eq!(*writes.lock().unwrap(), vec![n]);
+    }
+
+    #[tokio::test]
+    async fn header_without_body_is_not_held() {
+        let (io, _server, writes) = WriteLog::new();
+        let mut http_stream = HttpSession::new(Box::new(io));
+        let req = RequestHeader::build("GET", b"/v1/models", None).unwrap();
+        let n = http_stream.write_request_header(Box::new(req)).await.unwrap();
+        assert_eq!(*writes.lock().unwrap(), vec![n]);
     }
 
     #[tokio::test]
