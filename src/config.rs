@@ -426,6 +426,9 @@ impl Config {
             // Idle pooled connections are checked when taken, not watched by a task each
             // (patches/pingora-core/0001): no spawn per release, no hand-off per reuse.
             upstream_keepalive_idle_watch: false,
+            // One single-threaded runtime per thread, each connection staying on its own: no
+            // stealing, so no wake-ups of the other thread and no tasks moving between caches.
+            work_stealing: false,
             ..ServerConf::default()
         }
     }
