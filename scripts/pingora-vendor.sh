@@ -20,7 +20,7 @@ declare -A SHA256=(
 )
 # Each patch's tests (libtest name filters), and the features they need.
 declare -A TESTS=(
-    [pingora-core]="connectors::tests::test_unwatched_ protocols::http::v1::client::tests_stream"
+    [pingora-core]="connectors::tests::test_unwatched_ connectors::tests::test_per_thread_pool protocols::l4::stream::tests::test_register_with_current_runtime protocols::http::v1::client::tests_stream"
 )
 declare -A FEATURES=(
     [pingora-core]=rustls

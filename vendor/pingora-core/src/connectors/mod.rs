@@ -119,6 +119,14 @@ pub struct ConnectorOptions {
     /// a connection the server closed stays open (in CLOSE_WAIT) until it is taken again or
     /// pushed out of the pool. Defaults to `true`.
     pub idle_watch: bool,
+    /// Whether each thread only reuses the connections it released itself.
+    ///
+    /// With one single-threaded runtime per thread (`work_stealing: false`), a connection is
+    /// registered with the IO driver of the thread that made it. Reused on another thread,
+    /// every readiness event of it has to be handed across threads (a wake-up of the other
+    /// runtime each time). [`Self::from_server_conf`] turns this on when work stealing is off.
+    /// Defaults to `false`.
+    pub per_thread_pool: bool,
 }
 
 impl ConnectorOptions {
@@ -157,6 +165,7 @@ impl ConnectorOptions {
             bind_to_v6,
             keepalive_pool_callback: None,
             idle_watch: server_conf.upstream_keepalive_idle_watch,
+            per_thread_pool: !server_conf.work_stealing,
         }
     }
 
@@ -174,6 +183,7 @@ impl ConnectorOptions {
             bind_to_v6: vec![],
             keepalive_pool_callback: None,
             idle_watch: true,
+            per_thread_pool: false,
         }
     }
 }
@@ -199,6 +209,16 @@ pub struct TransportConnector {
     unexpected_data_conn_count: Arc<AtomicU64>,
     keepalive_pool_callback: Option<PoolCallback>,
     idle_watch: bool,
+    per_thread_pool: bool,
+}
+
+/// A value of this thread's own, mixed into pool keys for [ConnectorOptions::per_thread_pool].
+fn thread_pool_salt() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    thread_local! {
+        static SALT: u64 = NEXT.fetch_add(1, Ordering::Relaxed).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+    SALT.with(|salt| *salt)
 }
 
 const DEFAULT_POOL_SIZE: usize = 128;
@@ -222,6 +242,7 @@ impl TransportConnector {
             .as_ref()
             .and_then(|o| o.keepalive_pool_callback.clone());
         let idle_watch = options.as_ref().map_or(true, |o| o.idle_watch);
+        let per_thread_pool = options.as_ref().is_some_and(|o| o.per_thread_pool);
         TransportConnector {
             tls_ctx: tls::Connector::new(options),
             connection_pool: Arc::new(ConnectionPool::new(pool_size)),
@@ -232,6 +253,17 @@ impl TransportConnector {
             unexpected_data_conn_count: Arc::new(AtomicU64::new(0)),
             keepalive_pool_callback,
             idle_watch,
+            per_thread_pool,
+        }
+    }
+
+    /// The key in the pool of the connections to a peer (`key`: its reuse hash) that this
+    /// thread may take.
+    fn pool_key(&self, key: u64) -> u64 {
+        if self.per_thread_pool {
+            key ^ thread_pool_salt()
+        } else {
+            key
         }
     }
 
@@ -271,7 +303,7 @@ impl TransportConnector {
 
     /// Try to find a reusable connection to the given server [Peer]
     pub async fn reused_stream<P: Peer + Send + Sync>(&self, peer: &P) -> Option<Stream> {
-        match self.connection_pool.get(&peer.reuse_hash()) {
+        match self.connection_pool.get(&self.pool_key(peer.reuse_hash())) {
             Some(PooledStream {
                 unwatched: Some((idle_since, Some(idle_timeout))),
                 ..
@@ -351,7 +383,7 @@ impl TransportConnector {
             return;
         }
         let id = stream.id();
-        let meta = ConnectionMeta::new(key, id);
+        let meta = ConnectionMeta::new(self.pool_key(key), id);
         debug!("Try to keepalive client session");
         let stream = Arc::new(Mutex::new(stream));
         if !self.idle_watch {
@@ -915,6 +947,35 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(20)).await;
         let (_, reused) = connector.get_stream(&peer).await.unwrap();
         assert!(!reused, "a connection the server closed is not reused");
+    }
+
+    #[test]
+    fn test_per_thread_pool_keeps_connections_to_their_thread() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let peer = BasicPeer::new(&listener.local_addr().unwrap().to_string());
+        let mut options = ConnectorOptions::new(8);
+        options.per_thread_pool = true;
+        let connector = TransportConnector::new(Some(options));
+        // A runtime of each thread's own, as with `work_stealing: false`.
+        let runtime = || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+        };
+        let here = runtime();
+        here.block_on(async {
+            let stream = connector.new_stream(&peer).await.unwrap();
+            connector.release_stream(stream, peer.reuse_hash(), None);
+        });
+        let taken_elsewhere = std::thread::scope(|s| {
+            s.spawn(|| runtime().block_on(connector.reused_stream(&peer)).is_some())
+                .join()
+                .unwrap()
+        });
+        assert!(!taken_elsewhere, "another thread does not take it");
+        let (_, reused) = here.block_on(connector.get_stream(&peer)).unwrap();
+        assert!(reused, "the thread that released it does");
     }
 
     #[tokio::test]

@@ -80,7 +80,7 @@ use crate::protocols::{l4::socket::SocketAddr, tls::TlsRef, Stream};
 use crate::server::ListenFds;
 
 use async_trait::async_trait;
-use pingora_error::Result;
+use pingora_error::{OrErr, Result};
 use std::{any::Any, fs::Permissions, sync::Arc};
 
 use l4::{ListenerEndpoint, Stream as L4Stream};
@@ -313,6 +313,16 @@ pub(crate) struct UninitializedStream {
 }
 
 impl UninitializedStream {
+    /// See [`L4Stream::register_with_current_runtime`]: before the handshake.
+    pub fn register_with_current_runtime(&mut self) -> Result<()> {
+        self.l4
+            .register_with_current_runtime()
+            .or_err(
+                pingora_error::ErrorType::AcceptError,
+                "registering the connection with its runtime",
+            )
+    }
+
     pub async fn handshake(mut self) -> Result<Stream> {
         self.l4.set_buffer(self.l4_buffer);
         if let Some(tls) = self.tls {

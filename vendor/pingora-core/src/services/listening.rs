@@ -226,10 +226,23 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
                 }
             };
             match new_io {
-                Ok(io) => {
+                Ok(mut io) => {
                     let app = app_logic.clone();
                     let shutdown = shutdown.clone();
+                    let accepted_on = std::thread::current().id();
                     current_handle().spawn(async move {
+                        // With one single-threaded runtime per thread (work stealing off), a
+                        // connection served on another thread than the one that accepted it
+                        // would have each of its events handed over from the accepting one.
+                        if std::thread::current().id() != accepted_on
+                            && tokio::runtime::Handle::current().runtime_flavor()
+                                == tokio::runtime::RuntimeFlavor::CurrentThread
+                        {
+                            if let Err(e) = io.register_with_current_runtime() {
+                                error!("{e}");
+                                return;
+                            }
+                        }
                         let peer_addr = io.peer_addr();
                         match timeout(Duration::from_secs(60), io.handshake()).await {
                             Ok(handshake) => {

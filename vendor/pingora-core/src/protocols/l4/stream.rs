@@ -623,6 +623,25 @@ impl Stream {
         }
     }
 
+    /// Move the socket's registration to the IO driver of the runtime this is called on.
+    ///
+    /// A socket is registered with the runtime it was made on. Served by a task of another
+    /// single-threaded runtime, each of its readiness events would wake that other runtime
+    /// from this one. Only for a stream that nothing has been read from or written to yet
+    /// (its buffers are dropped).
+    pub(crate) fn register_with_current_runtime(&mut self) -> io::Result<()> {
+        let stream = self.stream.take().expect("stream should always be set");
+        let mut raw = stream.into_inner();
+        raw.stream = match raw.stream {
+            RawStream::Tcp(s) => RawStream::Tcp(TcpStream::from_std(s.into_std()?)?),
+            #[cfg(unix)]
+            RawStream::Unix(s) => RawStream::Unix(UnixStream::from_std(s.into_std()?)?),
+            virtual_stream => virtual_stream,
+        };
+        self.stream = Some(BufferedStream::with_capacity(0, 0, raw));
+        Ok(())
+    }
+
     /// Set the read and write buffer sizes
     /// It is only set later because of the malloc overhead in critical accept() path
     pub(crate) fn set_buffer(&mut self, buffer: L4BufferSettings) {
@@ -978,6 +997,40 @@ mod tests {
     use tokio::io::AsyncWriteExt;
     use tokio::net::TcpListener;
     use tokio::sync::Notify;
+
+    #[test]
+    fn test_register_with_current_runtime() {
+        let runtime = || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+        };
+        // Accepted on one runtime...
+        let accepting = runtime();
+        let (mut stream, client) = accepting.block_on(async {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let client = TcpStream::connect(listener.local_addr().unwrap())
+                .await
+                .unwrap();
+            let (accepted, _) = listener.accept().await.unwrap();
+            (Stream::from(accepted), client.into_std().unwrap())
+        });
+        // ...served on another, after the first and its IO driver are gone.
+        drop(accepting);
+        runtime().block_on(async {
+            stream.register_with_current_runtime().unwrap();
+            let mut client = TcpStream::from_std(client).unwrap();
+            client.write_all(b"ping").await.unwrap();
+            let mut buf = [0; 4];
+            stream.read_exact(&mut buf).await.unwrap();
+            assert_eq!(&buf, b"ping");
+            stream.write_all(b"pong").await.unwrap();
+            stream.flush().await.unwrap();
+            client.read_exact(&mut buf).await.unwrap();
+            assert_eq!(&buf, b"pong");
+        });
+    }
 
     #[cfg(target_os = "linux")]
     #[tokio::test]
