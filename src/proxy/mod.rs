@@ -441,7 +441,7 @@ impl ProxyHttp for Gateway {
                     tail.push(chunk);
                 }
             } else {
-                ctx.attempts.set_tokens(tail.tokens_at_end(body.as_deref()));
+                ctx.attempts.set_tokens(tail.tokens_at_end(body.as_ref()));
                 ctx.usage = None;
             }
         }
