@@ -27,8 +27,13 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::utils::BufRef;
 
-// TODO: make this dynamically adjusted
+// The largest read of a body. Reads start at BODY_BUFFER_INITIAL_SIZE; once one fills its
+// buffer, the body is read this much at a time.
 const BODY_BUFFER_SIZE: usize = 1024 * 64;
+// The first read of a body. A body that arrives in small pieces (an event stream) never holds
+// more than this per connection, where a fixed BODY_BUFFER_SIZE buffer would hold 64 KiB
+// while the connection waits for its next event.
+const BODY_BUFFER_INITIAL_SIZE: usize = 1024 * 4;
 // limit how much incomplete chunk-size and chunk-ext to buffer
 const PARTIAL_CHUNK_HEAD_LIMIT: usize = 1024 * 8;
 // Trailers: https://datatracker.ietf.org/doc/html/rfc9112#section-7.1.2
@@ -148,6 +153,9 @@ pub struct BodyReader {
     pub body_state: ParseState,
     pub body_buf: Option<BytesMut>,
     pub body_buf_size: usize,
+    /// How much the next read from IO asks for: BODY_BUFFER_INITIAL_SIZE until a read fills
+    /// it, then `body_buf_size`.
+    next_read_size: usize,
     rewind_buf_len: usize,
     upstream: bool,
     body_buf_overread: Option<BytesMut>,
@@ -159,6 +167,7 @@ impl BodyReader {
             body_state: PS::ToStart,
             body_buf: None,
             body_buf_size: BODY_BUFFER_SIZE,
+            next_read_size: BODY_BUFFER_INITIAL_SIZE,
             rewind_buf_len: 0,
             upstream,
             body_buf_overread: None,
@@ -174,7 +183,8 @@ impl BodyReader {
     }
 
     fn prepare_buf(&mut self, buf_to_rewind: &[u8]) {
-        let mut body_buf = BytesMut::with_capacity(self.body_buf_size.max(buf_to_rewind.len()));
+        let capacity = self.next_read_size.min(self.body_buf_size);
+        let mut body_buf = BytesMut::with_capacity(capacity.max(buf_to_rewind.len()));
         if !buf_to_rewind.is_empty() {
             self.rewind_buf_len = buf_to_rewind.len();
             // TODO: this is still 1 copy. Make it zero
@@ -205,6 +215,32 @@ impl BodyReader {
         body_buf.clear();
         body_buf.reserve(read_size);
         body_buf
+    }
+
+    /// Read at most `limit` bytes from `stream` into the emptied body buffer (see
+    /// [`Self::prepare_buf_for_io`]), no more than the current read size; a read that fills
+    /// it makes the next ones `body_buf_size`, so a large body costs one small read more than
+    /// with a full-size buffer from the start.
+    async fn read_to_buf<S>(
+        &mut self,
+        stream: &mut S,
+        limit: usize,
+        context: &'static str,
+    ) -> Result<usize>
+    where
+        S: AsyncRead + Unpin + Send,
+    {
+        let read_size = limit.min(self.next_read_size);
+        let body_buf = self.prepare_buf_for_io(read_size);
+        let n = stream
+            .take(read_size as u64)
+            .read_buf(body_buf)
+            .await
+            .or_err(ReadError, context)?;
+        if n == read_size {
+            self.next_read_size = self.body_buf_size;
+        }
+        Ok(n)
     }
 
     /// Grow the body buffer so it has room for `body_buf_size` bytes in total without discarding
@@ -403,18 +439,15 @@ impl BodyReader {
 
         // downstream should not discard remaining data if peer sent more, so cap the read at what
         // is left of this body and leave anything past it on the stream
-        let read_size = match self.body_state {
+        let read_limit = match self.body_state {
             PS::Partial(_, remaining) if !self.upstream => remaining.min(self.body_buf_size),
             _ => self.body_buf_size,
         };
         if n == 0 {
             /* Need to actually read */
-            let body_buf = self.prepare_buf_for_io(read_size);
-            n = stream
-                .take(read_size as u64)
-                .read_buf(body_buf)
-                .await
-                .or_err(ReadError, "when reading body")?;
+            n = self
+                .read_to_buf(stream, read_limit, "when reading body")
+                .await?;
         }
         match self.body_state {
             PS::Partial(read, to_read) => {
@@ -462,13 +495,9 @@ impl BodyReader {
         self.rewind_buf_len = 0; // we only need to read rewind data once
         if n == 0 {
             /* Need to actually read */
-            let read_size = self.body_buf_size;
-            let body_buf = self.prepare_buf_for_io(read_size);
-            n = stream
-                .take(read_size as u64)
-                .read_buf(body_buf)
-                .await
-                .or_err(ReadError, "when reading body")?;
+            n = self
+                .read_to_buf(stream, self.body_buf_size, "when reading body")
+                .await?;
         }
         match self.body_state {
             PS::UntilClose(read) => {
@@ -500,13 +529,9 @@ impl BodyReader {
                         existing_buf_end = self.rewind_buf_len;
                         self.rewind_buf_len = 0; // we only need to read rewind data once
                         if existing_buf_end == 0 {
-                            let read_size = self.body_buf_size;
-                            let body_buf = self.prepare_buf_for_io(read_size);
-                            existing_buf_end = stream
-                                .take(read_size as u64)
-                                .read_buf(body_buf)
-                                .await
-                                .or_err(ReadError, "when reading body")?;
+                            existing_buf_end = self
+                                .read_to_buf(stream, self.body_buf_size, "when reading body")
+                                .await?;
                         }
                     } else {
                         /* existing_buf_end != 0 this is partial chunk head */
@@ -828,13 +853,8 @@ impl BodyReader {
                 } else {
                     // Every previously buffered byte has already been parsed by the loop below
                     // (it only exits once `start` reaches `n`), so the buffer can be reset.
-                    let read_size = self.body_buf_size;
-                    let body_buf = self.prepare_buf_for_io(read_size);
-                    stream
-                        .take(read_size as u64)
-                        .read_buf(body_buf)
-                        .await
-                        .or_err(ReadError, "when reading trailers end")?
+                    self.read_to_buf(stream, self.body_buf_size, "when reading trailers end")
+                        .await?
                 };
                 if n == 0 {
                     self.body_state = PS::Done(read);
@@ -2067,6 +2087,50 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn body_reads_go_full_size_after_a_full_first_read() {
+        init_log();
+        let total = 250_000;
+        let input = vec![b'x'; total];
+        let mut mock_io = Builder::new().read(&input).build();
+        let mut body_reader = BodyReader::new(true);
+        body_reader.init_content_length(total, b"");
+        let mut sizes = vec![];
+        while let Some(read) = body_reader.read_body(&mut mock_io).await.unwrap() {
+            sizes.push(read.len());
+        }
+        let full = BODY_BUFFER_SIZE;
+        let first = BODY_BUFFER_INITIAL_SIZE;
+        let rest = total - (first + full * 3);
+        assert_eq!(sizes, [first, full, full, full, rest]);
+        assert_eq!(body_reader.body_state, ParseState::Complete(total));
+    }
+
+    #[tokio::test]
+    async fn small_body_pieces_keep_a_small_buffer() {
+        init_log();
+        // An event stream: a chunk at a time, each far smaller than the initial read.
+        let payload = "data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\n";
+        let event = format!("{:x}\r\n{payload}\r\n", payload.len());
+        let mut builder = Builder::new();
+        for _ in 0..100 {
+            builder.read(event.as_bytes());
+        }
+        let mut mock_io = builder.read(b"0\r\n\r\n").build();
+        let mut body_reader = BodyReader::new(true);
+        body_reader.init_chunked(b"");
+        let mut events = 0;
+        while let Some(read) = body_reader.read_body(&mut mock_io).await.unwrap() {
+            if !read.is_empty() {
+                events += 1;
+            }
+            let capacity = body_reader.body_buf.as_ref().unwrap().capacity();
+            assert!(capacity <= BODY_BUFFER_INITIAL_SIZE, "{capacity}");
+        }
+        assert_eq!(events, 100);
+        assert!(body_reader.body_done());
+    }
+
+    #[tokio::test]
     async fn read_with_body_content_length() {
         init_log();
         let input = b"abc";
@@ -3204,6 +3268,8 @@ mod tests {
             .read(&trailer2[..])
             .build();
         let mut body_reader = BodyReader::new(false);
+        // The steps below expect the 60 KiB trailer in one read: start at full-size reads.
+        body_reader.next_read_size = BODY_BUFFER_SIZE;
         body_reader.init_chunked(b"");
         let res = body_reader.read_body(&mut mock_io).await.unwrap().unwrap();
         assert_eq!(res, BufRef::new(3, 1));
