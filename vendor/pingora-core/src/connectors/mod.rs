@@ -295,7 +295,18 @@ impl TransportConnector {
             .await
             .or_err(InternalError, "offload runtime failure")??
         } else {
-            do_connect(peer, bind_to, alpn_override, &self.tls_ctx.ctx, None).await?
+            // Boxed: connecting (with its TLS handshake) needs ~8 KiB of future state. Inline,
+            // that state would be part of every caller's future for as long as the caller
+            // lives (a proxied request for its whole length, a pooled reuse too); boxed, it
+            // is allocated for the connect only.
+            Box::pin(do_connect(
+                peer,
+                bind_to,
+                alpn_override,
+                &self.tls_ctx.ctx,
+                None,
+            ))
+            .await?
         };
 
         Ok(stream)
@@ -680,6 +691,16 @@ mod tests {
 
         let (_, reused) = connector.get_stream(&peer).await.unwrap();
         assert!(reused);
+    }
+
+    #[test]
+    fn test_connect_future_is_boxed() {
+        let connector = TransportConnector::new(None);
+        let peer = BasicPeer::new("127.0.0.1:1");
+        // The connect state (TLS handshake included, ~8 KiB) is boxed, so a future that may
+        // connect stays small: it lives inline in every caller's state.
+        assert!(std::mem::size_of_val(&connector.new_stream(&peer)) <= 256);
+        assert!(std::mem::size_of_val(&connector.get_stream(&peer)) <= 1024);
     }
 
     #[tokio::test]

@@ -331,7 +331,10 @@ impl UninitializedStream {
                 callback.process(&mut self.l4).await?;
             }
 
-            let tls_stream = tls.tls_handshake(self.l4).await?;
+            // Boxed: the TLS handshake needs ~7 KiB of future state. Inline, it would be part
+            // of every accepted connection's task, plaintext ones included, for the whole life
+            // of the connection; boxed, it is allocated for the handshake only.
+            let tls_stream = Box::pin(tls.tls_handshake(self.l4)).await?;
             Ok(Box::new(tls_stream))
         } else {
             Ok(Box::new(self.l4))
@@ -578,6 +581,27 @@ mod test {
         // OS has completed the TCP handshake.
         TcpStream::connect(addrs[0]).await.unwrap();
         TcpStream::connect(addrs[1]).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn test_handshake_future_is_small() {
+        let listener = Listeners::tcp("127.0.0.1:0")
+            .build(
+                #[cfg(unix)]
+                None,
+            )
+            .await
+            .unwrap()
+            .pop()
+            .unwrap();
+        let addr = listener.l4.local_addr().unwrap();
+        let _client = TcpStream::connect(addr).await.unwrap();
+        let stream = listener.accept().await.unwrap();
+        // The TLS handshake's state (~7 KiB) is boxed: the handshake future lives inline in
+        // every accepted connection's task, plaintext or not, for the connection's life.
+        let handshake = stream.handshake();
+        assert!(std::mem::size_of_val(&handshake) <= 1024);
+        handshake.await.unwrap();
     }
 
     #[tokio::test]
