@@ -89,7 +89,10 @@ fn main() -> ExitCode {
 
 fn run(opts: &Opts) -> Result<(), String> {
     let started = Instant::now();
-    let nofile = machine::raise_nofile()?;
+    // Every stream of a point holds a client socket in the load generator and, in a
+    // single-process proxy, a client and an upstream socket: room for the largest point.
+    let most_streams = opts.stream_counts.iter().copied().max().unwrap_or(0) as u64;
+    let nofile = machine::raise_nofile(2 * most_streams + 4096)?;
     let m = Machine::detect(nofile);
     println!("machine: {m}");
     // Other work on the machine (a build, another bench) skews every number: say so.

@@ -51,8 +51,8 @@ pub fn notes(res: &[SystemResults], inp: &Inputs) -> Vec<String> {
         if need > inp.nofile_hard {
             notes.push(format!(
                 "{} streams: with all of them streaming at once a single-process proxy would \
-                 need about {} open files, above the hard limit of {} (the bench does not \
-                 raise it); {} would fit. nginx spreads them over {} worker processes, each \
+                 need about {} open files, above the hard limit of {} (the bench could \
+                 not raise it); {} would fit. nginx spreads them over {} worker processes, each \
                  with its own limit. See \"open files peak\" for what the proxies reached.",
                 thousands(n as f64),
                 thousands(need as f64),
