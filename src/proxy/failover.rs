@@ -35,17 +35,46 @@ fn failed(session: &Session, ctx: &RequestCtx, class: Class, why: &str) -> Step 
     step
 }
 
-/// Nothing was sent: the address is blamed.
+/// Nothing was sent: the address is blamed, unless the gateway itself could not make a
+/// socket. Then no address is at fault and none would do better: blaming them would eject
+/// every healthy endpoint while the gateway is at its open-files limit, and keep them out
+/// after it recovers.
 pub(super) fn after_connect_failure(
     session: &Session,
     ctx: &mut RequestCtx,
     peer: &HttpPeer,
     mut e: Box<Error>,
 ) -> Box<Error> {
+    if out_of_local_resources(&e) {
+        log::warn!("connect to {peer}: the gateway is out of sockets ({e}); no endpoint blamed");
+        return ErrorKind::Internal
+            .err("the gateway could not open an upstream connection (out of open files)");
+    }
     log::debug!("connect to {peer} failed: {}", e.etype().as_str());
     let step = failed(session, ctx, Class::Connect, e.etype().as_str());
     e.set_retry(ctx.retries_here(step));
     e
+}
+
+/// Whether `e` comes from the gateway's own limits (no file descriptor or kernel memory for a
+/// socket), found in its chain of causes.
+fn out_of_local_resources(e: &Error) -> bool {
+    let mut cause = e.cause.as_deref();
+    while let Some(c) = cause {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.raw_os_error(),
+                Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+            );
+        }
+        // A wrapped pingora error is boxed once more in the chain (`Box<Error>` as the cause).
+        let inner = c
+            .downcast_ref::<Box<Error>>()
+            .map(|b| &**b)
+            .or_else(|| c.downcast_ref::<Error>());
+        cause = inner.and_then(|e| e.cause.as_deref());
+    }
+    false
 }
 
 /// An error after connecting: an answer `judge_answer` turned down (already decided), a
@@ -177,6 +206,24 @@ fn retry_after(header: &ResponseHeader, now: SystemTime) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_gateways_own_limits_spare_the_address() {
+        let connect_error = |os_error| {
+            let socket = Error::because(
+                ErrorType::SocketError,
+                "failed to create socket",
+                std::io::Error::from_raw_os_error(os_error),
+            );
+            Error::because(ErrorType::InternalError, "Fail to connect", socket)
+        };
+        assert!(out_of_local_resources(&connect_error(libc::EMFILE)));
+        assert!(out_of_local_resources(&connect_error(libc::ENFILE)));
+        assert!(!out_of_local_resources(&connect_error(libc::ECONNREFUSED)));
+        assert!(!out_of_local_resources(&Error::new(
+            ErrorType::ConnectTimedout
+        )));
+    }
 
     fn head(status: u16, headers: &[(&str, &str)]) -> ResponseHeader {
         let mut h = ResponseHeader::build(status, None).unwrap();
