@@ -445,6 +445,11 @@ impl BodyReader {
         };
         if n == 0 {
             /* Need to actually read */
+            if matches!(self.body_state, PS::Partial(_, remaining) if remaining > self.next_read_size)
+            {
+                // The length says this much more is coming: no reason to start small.
+                self.next_read_size = self.body_buf_size;
+            }
             n = self
                 .read_to_buf(stream, read_limit, "when reading body")
                 .await?;
@@ -2093,7 +2098,7 @@ mod tests {
         let input = vec![b'x'; total];
         let mut mock_io = Builder::new().read(&input).build();
         let mut body_reader = BodyReader::new(true);
-        body_reader.init_content_length(total, b"");
+        body_reader.init_close_delimited(b"");
         let mut sizes = vec![];
         while let Some(read) = body_reader.read_body(&mut mock_io).await.unwrap() {
             sizes.push(read.len());
@@ -2103,6 +2108,22 @@ mod tests {
         let rest = total - (first + full * 3);
         assert_eq!(sizes, [first, full, full, full, rest]);
         assert_eq!(body_reader.body_state, ParseState::Complete(total));
+    }
+
+    #[tokio::test]
+    async fn a_long_content_length_body_is_read_full_size_at_once() {
+        init_log();
+        let total = 200_000;
+        let input = vec![b'x'; total];
+        let mut mock_io = Builder::new().read(&input).build();
+        let mut body_reader = BodyReader::new(true);
+        body_reader.init_content_length(total, b"");
+        let mut sizes = vec![];
+        while let Some(read) = body_reader.read_body(&mut mock_io).await.unwrap() {
+            sizes.push(read.len());
+        }
+        let full = BODY_BUFFER_SIZE;
+        assert_eq!(sizes, [full, full, full, total - 3 * full]);
     }
 
     #[tokio::test]
