@@ -531,3 +531,71 @@ async fn upstream_500_fails_over_and_counts_against_the_endpoint() {
     assert_eq!(posts(&good), 10);
     assert_eq!(health(&gw, "broken").await["status"], "ejected");
 }
+
+/// A chat request for `shared` on this keep-alive connection.
+async fn chat(c: &mut Conn) -> Result<Resp, String> {
+    let body = ReqBody::full(chat_body("shared", false));
+    c.send(
+        "POST",
+        "/v1/chat/completions",
+        &[("content-type", "application/json")],
+        body,
+    )
+    .await
+}
+
+/// At its open-files limit the gateway cannot make an upstream socket: its own trouble, so
+/// the request gets a 500 and no endpoint is blamed (with a threshold of one failure, one
+/// blame would eject it); with files free again, requests are served by the same endpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_out_of_sockets_blames_no_endpoint() {
+    const LIMIT: u64 = 96;
+    let mock = start_mock(MockConfig::openai("m", ["shared"])).await;
+    let yaml = config(&[("m", mock.url(), "openai")], 60, 10) + "health: {failure_threshold: 1}\n";
+    let gw = Gateway::builder()
+        .config(yaml)
+        .open_files(LIMIT)
+        .start()
+        .await;
+    wait_discovered(&gw, "m").await;
+
+    let client = Client::new().timeout(Duration::from_millis(500));
+    let mut probe = client.connect(&gw.url).await.expect("connect");
+    // Idle keep-alive connections until one is no longer accepted: the gateway is full.
+    let mut idle = Vec::new();
+    let mut full = false;
+    while !full && (idle.len() as u64) < LIMIT {
+        let mut c = client.connect(&gw.url).await.expect("connect");
+        full = c
+            .send("GET", "/health", &[], ReqBody::empty())
+            .await
+            .is_err();
+        idle.push(c);
+    }
+    assert!(
+        full,
+        "the gateway accepted {LIMIT} connections past its limit"
+    );
+    let r = chat(&mut probe).await.expect("an answer at the limit");
+    assert_eq!(r.status, 500, "{}", r.text());
+    assert!(r.text().contains("open files"), "{}", r.text());
+    assert_eq!(posts(&mock), 0);
+
+    drop(idle);
+    // The gateway closes the dropped connections as it reads their ends: a bounded wait, in
+    // which an answer is a 500 (still out of files) or a 200, never the 502/503 of a blamed
+    // or ejected endpoint.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let served = loop {
+        let mut c = client.connect(&gw.url).await.expect("connect");
+        let r = chat(&mut c).await.expect("an answer");
+        if r.status == 200 || Instant::now() > deadline {
+            break r;
+        }
+        assert_eq!(r.status, 500, "{}", r.text());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(served.status, 200, "{}", served.text());
+    assert_eq!(served_by(&served), "m");
+    assert_eq!(health(&gw, "m").await["status"], "healthy");
+}

@@ -85,9 +85,17 @@ pub struct GatewayBuilder {
     ready_timeout: Duration,
     inherit_env: bool,
     hosts_file: Option<PathBuf>,
+    open_files: Option<u64>,
 }
 
 impl GatewayBuilder {
+    /// Start the gateway with this open-files limit (soft and hard, so that the gateway's own
+    /// raise to the hard limit keeps it).
+    pub fn open_files(mut self, limit: u64) -> Self {
+        self.open_files = Some(limit);
+        self
+    }
+
     /// Resolve names through this file instead of `/etc/hosts` (see
     /// [`in_mount_namespace_with_hosts`]); edit it in place (not by rename) to change what a
     /// name resolves to while the gateway runs.
@@ -172,6 +180,24 @@ impl GatewayBuilder {
         cmd.stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log handle"))
             .stderr(log);
+        if let Some(limit) = self.open_files {
+            use std::os::unix::process::CommandExt;
+            let lim = libc::rlimit {
+                rlim_cur: limit,
+                rlim_max: limit,
+            };
+            // SAFETY: setrlimit is async-signal-safe and only reads `lim`, copied into the
+            // closure; lowering a limit needs no privilege.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot spawn {GATEWAY_BIN}: {e}"));
@@ -215,6 +241,7 @@ impl Gateway {
             ready_timeout: READY_TIMEOUT,
             inherit_env: false,
             hosts_file: None,
+            open_files: None,
         }
     }
 
