@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what building ai-proxy needs beyond cargo: cmake and a C toolchain (Pingora's
-# zlib-ng and zstd build C code). Debian/Ubuntu; elsewhere install them by hand.
+# zlib-ng and zstd build C code), and what its tests start: redis-server. Debian/Ubuntu; elsewhere install them by hand.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v cargo >/dev/null 2>&1; then
@@ -11,6 +11,8 @@ need=()
 command -v cmake >/dev/null 2>&1 || need+=(cmake)
 command -v cc >/dev/null 2>&1 || need+=(build-essential)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+# The shared-limits tests start their own Redis (Debian's server) on a free loopback port.
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -ne 0 ] && sudo="sudo"

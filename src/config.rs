@@ -13,6 +13,7 @@ use serde::Deserialize;
 
 use crate::access_log;
 use crate::auth::{Auth, AuthConfig};
+use crate::state::{Limiter, StateConfig, StateSettings};
 use crate::balance::{AffinityOptions, Balancing, KeySource, PolicyName};
 use crate::endpoint::{redact_userinfo, ApiKey, DeclaredModel, Endpoint, EndpointKind, Timeouts};
 pub use crate::env::{Env, EnvFile, ProcessEnv};
@@ -70,6 +71,7 @@ struct FileConfig {
     aliases: Option<HashMap<String, String>>,
     balancing: Option<BalancingConfig>,
     auth: Option<AuthConfig>,
+    state: Option<StateConfig>,
     endpoints: Option<Vec<EndpointConfig>>,
 }
 
@@ -208,6 +210,10 @@ pub struct Config {
     pub balancing: Balancing,
     /// Client keys and the admin key (`auth:`, else `AI_PROXY_KEYS`); open by default.
     pub auth: Arc<Auth>,
+    /// Shared state of the replicas (`state:`): `None` counts limits per process.
+    pub state: Option<StateSettings>,
+    /// Counts the client keys' limits; one for the life of the process (a reload keeps it).
+    pub limiter: Arc<Limiter>,
     pub endpoints: Vec<Arc<Endpoint>>,
 }
 
@@ -355,6 +361,10 @@ impl Config {
         if upgrade_sock.as_os_str().is_empty() || upgrade_sock.to_str().is_none() {
             return Err("upgrade_sock: give the path of a Unix socket".into());
         }
+        let state = file
+            .state
+            .map(|s| StateSettings::from_config(s, env))
+            .transpose()?;
         let config_file = match &source {
             Source::Yaml(path) => Some(path.clone()),
             Source::Env => None,
@@ -406,6 +416,8 @@ impl Config {
                 Some(section) => Auth::from_config(section, env)?,
                 None => Auth::from_env(env)?,
             }),
+            limiter: Arc::new(Limiter::new(state.as_ref())?),
+            state,
             endpoints,
         })
     }
@@ -447,6 +459,7 @@ impl Config {
             retry_budget: self.retry_budget,
             affinity_key: self.balancing.affinity.key,
             auth: self.auth.clone(),
+            limiter: self.limiter.clone(),
         }
     }
 
@@ -472,7 +485,10 @@ impl Config {
             header_timeout => "header_timeout_secs",
             shutdown_grace => "shutdown_grace_secs",
             upgrade_sock => "upgrade_sock",
+            state => "state",
         );
+        // Its counts and its connection live as long as the process.
+        self.limiter = running.limiter.clone();
         ignored
     }
 }

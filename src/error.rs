@@ -24,14 +24,19 @@ pub enum ErrorKind {
     RequestTimeout,
     /// 413: the body is over `max_body_bytes`.
     BodyTooLarge,
-    /// 429: the client key is over its `requests_per_minute`.
+    /// 429: the client key is over its `requests_per_minute`, `tokens_per_minute` or
+    /// `max_concurrent`.
     RateLimited,
+    /// 429: the client key's token budget for the period is used up.
+    QuotaExceeded,
     /// 431: the request head is over `max_header_bytes`.
     HeaderTooLarge,
     /// 502: every candidate endpoint failed before any byte reached the client.
     UpstreamFailed,
     /// 503: the model is known but no endpoint is usable.
     NoHealthyEndpoint,
+    /// 503: the key's limits are shared and Redis cannot be reached (`on_error: deny`).
+    StateUnavailable,
     /// 504: the upstream timed out.
     UpstreamTimeout,
     /// 500: a bug or a resource problem in the gateway itself.
@@ -44,7 +49,7 @@ impl ErrorKind {
             ErrorKind::InvalidRequest => 400,
             ErrorKind::InvalidApiKey => 401,
             ErrorKind::ModelNotAllowed => 403,
-            ErrorKind::RateLimited => 429,
+            ErrorKind::RateLimited | ErrorKind::QuotaExceeded => 429,
             ErrorKind::ModelNotFound | ErrorKind::NotFound => 404,
             ErrorKind::MethodNotAllowed => 405,
             ErrorKind::RequestTimeout => 408,
@@ -52,7 +57,7 @@ impl ErrorKind {
             ErrorKind::HeaderTooLarge => 431,
             ErrorKind::Internal => 500,
             ErrorKind::UpstreamFailed => 502,
-            ErrorKind::NoHealthyEndpoint => 503,
+            ErrorKind::NoHealthyEndpoint | ErrorKind::StateUnavailable => 503,
             ErrorKind::UpstreamTimeout => 504,
         }
     }
@@ -64,6 +69,7 @@ impl ErrorKind {
             ErrorKind::InvalidApiKey => "invalid_api_key",
             ErrorKind::ModelNotAllowed => "model_not_allowed",
             ErrorKind::RateLimited => "rate_limit_exceeded",
+            ErrorKind::QuotaExceeded => "insufficient_quota",
             ErrorKind::ModelNotFound => "model_not_found",
             ErrorKind::NotFound => "not_found",
             ErrorKind::MethodNotAllowed => "method_not_allowed",
@@ -73,12 +79,16 @@ impl ErrorKind {
             ErrorKind::Internal => "internal_error",
             ErrorKind::UpstreamFailed => "upstream_error",
             ErrorKind::NoHealthyEndpoint => "no_healthy_endpoint",
+            ErrorKind::StateUnavailable => "state_unavailable",
             ErrorKind::UpstreamTimeout => "upstream_timeout",
         }
     }
 
     fn error_type(self) -> &'static str {
-        if self.status() < 500 {
+        // OpenAI's own type for a used-up quota, which SDKs and clients look for.
+        if self == ErrorKind::QuotaExceeded {
+            "insufficient_quota"
+        } else if self.status() < 500 {
             "invalid_request_error"
         } else {
             "api_error"
@@ -104,11 +114,13 @@ impl ErrorKind {
     }
 }
 
-const ALL: [ErrorKind; 14] = [
+const ALL: [ErrorKind; 16] = [
     ErrorKind::InvalidRequest,
     ErrorKind::InvalidApiKey,
     ErrorKind::ModelNotAllowed,
     ErrorKind::RateLimited,
+    ErrorKind::QuotaExceeded,
+    ErrorKind::StateUnavailable,
     ErrorKind::ModelNotFound,
     ErrorKind::NotFound,
     ErrorKind::MethodNotAllowed,
@@ -204,7 +216,9 @@ mod tests {
             for key in ["message", "type", "param", "code"] {
                 assert!(obj.contains_key(key), "{key}");
             }
-            let want_type = if kind.status() < 500 {
+            let want_type = if kind == ErrorKind::QuotaExceeded {
+                "insufficient_quota"
+            } else if kind.status() < 500 {
                 "invalid_request_error"
             } else {
                 "api_error"

@@ -21,6 +21,7 @@ pub mod request_id;
 pub mod routes;
 pub mod settings;
 pub mod shutdown;
+pub mod state;
 pub mod upstream;
 pub mod usage;
 
@@ -76,6 +77,10 @@ pub fn build_server(config: Config, upgrade: bool) -> (Server, Signals) {
         "discovery",
         Discovery::new(reloads, routes.clone()),
     ));
+    if config.state.is_some() {
+        let maintenance = state::Maintenance(config.limiter.clone());
+        server.add_service(background_service("state", maintenance));
+    }
     let lifecycle = Lifecycle::default();
     let gateway = Gateway::new(&config, routes, lifecycle.clone());
     let limits = downstream::Limits {

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::auth::Auth;
 use crate::balance::KeySource;
+use crate::state::Limiter;
 
 pub const DEFAULT_TIMEOUT_SECS: u64 = 60;
 pub const DEFAULT_MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
@@ -44,6 +45,8 @@ pub struct RequestSettings {
     pub affinity_key: KeySource,
     /// Who may send requests.
     pub auth: Arc<Auth>,
+    /// Counts their limits.
+    pub limiter: Arc<Limiter>,
 }
 
 impl Default for RequestSettings {
@@ -60,6 +63,7 @@ impl Default for RequestSettings {
             retry_budget: Duration::from_secs(DEFAULT_RETRY_BUDGET_SECS),
             affinity_key: KeySource::default(),
             auth: Arc::default(),
+            limiter: Arc::default(),
         }
     }
 }

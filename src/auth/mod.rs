@@ -1,5 +1,5 @@
 //! Client access control: the gateway's own API keys, each with an optional model allowlist
-//! and request rate limit, and an admin key for `/v1/endpoints` and `/metrics`.
+//! and limits (counted by `state`), and an admin key for the admin routes.
 //!
 //! Keys are held as SHA-256 digests once loaded, never as text. A presented key is hashed and
 //! looked up by its digest, so the time a lookup takes depends on digests alone and says
@@ -8,21 +8,19 @@
 //! are known by their `name`.
 
 mod allowlist;
-mod rate_limit;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use http::HeaderMap;
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
 pub use allowlist::ModelAllowlist;
-pub use rate_limit::RateLimit;
 
 use crate::env::Env;
+use crate::state::{Budget, KeyLimits, LimitedKey};
 
 /// The header some SDKs (Anthropic's, Azure's) send the key in.
 pub const API_KEY_HEADER: &str = "x-api-key";
@@ -49,6 +47,9 @@ struct KeyConfig {
     name: Option<String>,
     models: Option<Vec<String>>,
     requests_per_minute: Option<u32>,
+    tokens_per_minute: Option<u64>,
+    max_concurrent: Option<u32>,
+    budget: Option<Budget>,
 }
 
 /// A key's SHA-256.
@@ -68,7 +69,8 @@ pub struct ClientKey {
     pub name: String,
     /// `None`: every model.
     models: Option<ModelAllowlist>,
-    limit: Option<Arc<RateLimit>>,
+    /// `None`: no limits.
+    limited: Option<Arc<LimitedKey>>,
 }
 
 impl ClientKey {
@@ -83,17 +85,17 @@ impl ClientKey {
         self.models.is_none()
     }
 
-    /// The key's `requests_per_minute`, if it has one.
-    pub fn requests_per_minute(&self) -> Option<u32> {
-        self.limit.as_ref().map(|l| l.requests_per_minute)
+    /// The key's limits and counts, if it has limits.
+    pub fn limited(&self) -> Option<&Arc<LimitedKey>> {
+        self.limited.as_ref()
     }
 
-    /// Count this request against the key's rate limit.
-    pub fn admit(&self) -> Result<(), Duration> {
-        self.limit.as_ref().map_or(Ok(()), |l| l.admit())
+    /// The key's limits (all `None` without).
+    pub fn limits(&self) -> KeyLimits {
+        self.limited.as_ref().map(|l| l.limits).unwrap_or_default()
     }
 
-    /// Count a refusal of this key's request (`rate_limited`, `model_not_allowed`).
+    /// Count a refusal of this key's request (`rate_limited`, `model_not_allowed`, ...).
     pub fn count_refusal(&self, reason: &str) {
         if let Some(m) = crate::metrics::get() {
             m.client_refused(&self.name, reason);
@@ -155,16 +157,16 @@ impl Auth {
                 .models
                 .map(|m| ModelAllowlist::new(&m).map_err(|e| format!("{field}.models: {e}")))
                 .transpose()?;
-            let limit = match k.requests_per_minute {
-                None => None,
-                Some(0) => {
-                    return Err(format!(
-                        "{field}.requests_per_minute: must be greater than 0"
-                    ))
-                }
-                Some(rpm) => Some(Arc::new(RateLimit::per_minute(rpm))),
-            };
-            auth.add_client(&field, &key, name, models, limit)?;
+            let limits = KeyLimits::new(
+                &field,
+                k.requests_per_minute,
+                k.tokens_per_minute,
+                k.max_concurrent,
+                k.budget,
+            )?;
+            let limited =
+                (!limits.is_empty()).then(|| Arc::new(LimitedKey::new(name.clone(), limits)));
+            auth.add_client(&field, &key, name, models, limited)?;
         }
         let admin = secret(
             "auth",
@@ -201,7 +203,7 @@ impl Auth {
         key: &str,
         name: String,
         models: Option<ModelAllowlist>,
-        limit: Option<Arc<RateLimit>>,
+        limited: Option<Arc<LimitedKey>>,
     ) -> Result<(), String> {
         if let Some(other) = self.clients.iter().find(|c| c.name == name) {
             return Err(format!("{field}: the name {:?} is used twice", other.name));
@@ -214,7 +216,7 @@ impl Auth {
         self.clients.push(ClientKey {
             name,
             models,
-            limit,
+            limited,
         });
         Ok(())
     }
@@ -224,13 +226,18 @@ impl Auth {
         if self.clients.is_empty() && self.admin.is_none() {
             return "auth: open (no client keys)".into();
         }
-        let limited = self.clients.iter().filter(|c| c.limit.is_some()).count();
+        let limited = self.clients.iter().filter(|c| c.limited.is_some()).count();
         let restricted = self.clients.iter().filter(|c| c.models.is_some()).count();
         format!(
-            "auth: {} client key(s) ({restricted} with a model allowlist, {limited} rate-limited), {}",
+            "auth: {} client key(s) ({restricted} with a model allowlist, {limited} with limits), {}",
             self.clients.len(),
             if self.admin.is_some() { "an admin key" } else { "no admin key" }
         )
+    }
+
+    /// Every client key, in the config's order.
+    pub fn keys(&self) -> &[ClientKey] {
+        &self.clients
     }
 
     /// The client key at `at` (from [`Auth::client`] on this same `Auth`).
@@ -282,17 +289,17 @@ impl Auth {
         })
     }
 
-    /// Keep the rate-limit state of every key that `running` knows with the same limit, so
-    /// that a reload neither refills nor empties a bucket.
+    /// Keep the per-process counts of every key that `running` knows (the same key, by
+    /// digest), whatever its new limits: a reload neither refills nor empties a window, nor
+    /// forgets the requests in flight.
     pub fn keep_limits_of(&mut self, running: &Auth) {
         for (digest, &at) in &self.by_digest {
             let old = running.by_digest.get(digest).map(|&i| &running.clients[i]);
-            let Some(kept) = old.and_then(|old| old.limit.clone()) else {
+            let Some(kept) = old.and_then(|old| old.limited.as_ref()) else {
                 continue;
             };
-            let c = &mut self.clients[at];
-            if c.limit.as_ref().map(|l| l.requests_per_minute) == Some(kept.requests_per_minute) {
-                c.limit = Some(kept);
+            if let Some(new) = self.clients[at].limited.as_mut().and_then(Arc::get_mut) {
+                new.keep_counts_of(kept);
             }
         }
     }
@@ -479,19 +486,22 @@ mod tests {
         assert!(!Auth::from_env(&[("X", "")]).unwrap().requires_client_key());
     }
 
-    #[test]
-    fn a_reload_keeps_the_buckets_of_unchanged_limits() {
-        let yaml = "keys:\n  - key: k1\n    requests_per_minute: 1\n  - key: k2\n    requests_per_minute: 1\n";
-        let running = auth(yaml).unwrap();
+    #[tokio::test]
+    async fn a_reload_keeps_the_counts_of_every_key() {
+        use crate::state::{Exceeded, Limiter};
+        let limiter = Arc::new(Limiter::default());
+        let running = auth("keys:\n  - key: k1\n    requests_per_minute: 1\n").unwrap();
         let h1 = headers(&[("x-api-key", "k1")]);
-        assert!(key_of(&running, &h1).unwrap().admit().is_ok());
-        let mut reloaded = auth("keys:\n  - key: k1\n    requests_per_minute: 1\n  - key: k2\n    requests_per_minute: 5\n").unwrap();
+        let limited = |a: &Auth| key_of(a, &h1).unwrap().limited().unwrap().clone();
+        drop(limiter.admit(&limited(&running)).await.unwrap());
+        let mut reloaded = auth(
+            "keys:\n  - key: k1\n    requests_per_minute: 1\n    max_concurrent: 3\n",
+        )
+        .unwrap();
         reloaded.keep_limits_of(&running);
-        assert!(
-            key_of(&reloaded, &h1).unwrap().admit().is_err(),
-            "k1's bucket is kept"
-        );
-        let h2 = headers(&[("x-api-key", "k2")]);
-        assert!(key_of(&reloaded, &h2).unwrap().admit().is_ok());
+        let refused = limiter.admit(&limited(&reloaded)).await.unwrap_err();
+        assert_eq!(refused.exceeded, Exceeded::Requests, "k1's minute is kept");
+        assert_eq!(limited(&reloaded).limits.max_concurrent, Some(3));
     }
+
 }

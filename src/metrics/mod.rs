@@ -42,6 +42,7 @@ pub struct Metrics {
     pub discovery_runs: IntCounterVec,
     pub config_reloads: IntCounterVec,
     client_refusals: IntCounterVec,
+    state_errors: IntCounterVec,
     tokens: IntCounterVec,
     inflight: IntGaugeVec,
     healthy: IntGaugeVec,
@@ -117,8 +118,13 @@ impl Metrics {
             ),
             client_refusals: counter(
                 "ai_proxy_client_refusals_total",
-                "Requests refused by access control, by client key name (\"-\" for a missing or unknown key) and reason (invalid_key, rate_limited, model_not_allowed).",
+                "Requests refused by access control, by client key name (\"-\" for a missing or unknown key) and reason (invalid_key, model_not_allowed, rate_limited, tokens_limited, concurrency_limited, budget_exceeded, state_unavailable).",
                 &["key", "reason"],
+            ),
+            state_errors: counter(
+                "ai_proxy_state_errors_total",
+                "Calls to the shared state (Redis) that failed or timed out, by operation (admit, finish, renew, usage, probe).",
+                &["operation"],
             ),
             config_reloads: counter(
                 "ai_proxy_config_reloads_total",
@@ -162,6 +168,11 @@ impl Metrics {
     /// Count a refused request of client key `key` ("-": missing or unknown) for `reason`.
     pub fn client_refused(&self, key: &str, reason: &str) {
         self.client_refusals.with_label_values(&[key, reason]).inc();
+    }
+
+    /// Count a failed call to the shared state.
+    pub fn state_error(&self, operation: &str) {
+        self.state_errors.with_label_values(&[operation]).inc();
     }
 
     /// The counters of requests routed to `model` and served by `endpoint`.

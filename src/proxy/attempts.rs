@@ -132,6 +132,10 @@ impl Attempts {
         self.lock().tokens = tokens;
     }
 
+    pub fn tokens(&self) -> Option<Tokens> {
+        self.lock().tokens
+    }
+
     pub fn outcome(&self) -> Outcome {
         let r = self.lock();
         Outcome {

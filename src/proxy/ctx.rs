@@ -17,6 +17,7 @@ use crate::deployment::InFlight;
 use crate::health::Health;
 use crate::routes::{Pool, Routes};
 use crate::shutdown::ActiveRequest;
+use crate::state::{Hold, Refusal};
 use crate::upstream::Upstream;
 use crate::usage::{self, strip::StripUsageChunk};
 
@@ -101,8 +102,11 @@ pub struct RequestCtx {
     /// The position of the request's client key in that snapshot's `Auth` (when the gateway
     /// has keys): no reference count to bump per request.
     pub(super) client: Option<usize>,
-    /// A refusal's `Retry-After` (the key's rate limit).
-    pub(super) retry_after: Option<Duration>,
+    /// What the request holds of its key's limits (a slot, tokens to charge), released when
+    /// it ends, however it ends.
+    pub(super) hold: Option<Hold>,
+    /// Why the key's limits refused the request (its `Retry-After` and `x-ratelimit-*`).
+    pub(super) refusal: Option<Refusal>,
 }
 
 impl RequestCtx {

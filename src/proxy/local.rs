@@ -15,6 +15,8 @@ pub enum LocalAnswer {
     Error(ErrorKind, String),
     /// A model the request's key may not use.
     Refused(Box<pingora::Error>),
+    /// `/v1/keys`: the keys' live usage, which may take a call to the shared state.
+    Keys,
 }
 
 /// The answer for a local path, or `None` when the path is to be proxied. `draining`: the
@@ -27,7 +29,7 @@ pub fn answer(
     client: Option<&ClientKey>,
 ) -> Option<LocalAnswer> {
     let route = match path {
-        "/health" | "/ready" | "/v1/models" | "/v1/endpoints" => path,
+        "/health" | "/ready" | "/v1/models" | "/v1/endpoints" | "/v1/keys" => path,
         p if p.starts_with("/v1/models/") => "/v1/models/{id}",
         p if p.starts_with("/v1/") => return None,
         _ => {
@@ -54,6 +56,7 @@ pub fn answer(
             }
         },
         "/v1/endpoints" => LocalAnswer::Json(200, routes.endpoints_json()),
+        "/v1/keys" => LocalAnswer::Keys,
         _ => retrieve_model(&path["/v1/models/".len()..], routes, client),
     })
 }
@@ -155,11 +158,14 @@ mod tests {
             Some(LocalAnswer::Json(s, _)) => s,
             Some(LocalAnswer::Error(k, _)) => k.status(),
             Some(LocalAnswer::Refused(_)) => 403,
+            Some(LocalAnswer::Keys) => 1,
         };
         assert_eq!(status(&Method::GET, "/health"), 200);
         assert_eq!(status(&Method::GET, "/ready"), 503);
         assert_eq!(status(&Method::GET, "/v1/models"), 200);
         assert_eq!(status(&Method::POST, "/v1/models"), 405);
+        assert_eq!(status(&Method::GET, "/v1/keys"), 1);
+        assert_eq!(status(&Method::POST, "/v1/keys"), 405);
         assert_eq!(status(&Method::POST, "/v1/chat/completions"), 0);
         assert_eq!(status(&Method::GET, "/v1/models/x"), 404);
         assert_eq!(status(&Method::DELETE, "/v1/models/x"), 405);

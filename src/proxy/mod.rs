@@ -20,6 +20,7 @@ mod client_gone;
 mod ctx;
 mod failover;
 mod fallback;
+mod keys;
 mod large_body;
 mod local;
 mod model_field;
@@ -133,6 +134,11 @@ impl Gateway {
                     respond::json(session, status, body, ctx.request_id.as_ref()).await?;
                     Ok(true)
                 }
+                local::LocalAnswer::Keys => {
+                    let body = keys::view(&settings.auth, &settings.limiter).await;
+                    respond::json(session, 200, body, ctx.request_id.as_ref()).await?;
+                    Ok(true)
+                }
                 local::LocalAnswer::Error(kind, msg) => Err(kind.err(msg)),
                 local::LocalAnswer::Refused(e) => {
                     client.inspect(|c| c.count_refusal("model_not_allowed"));
@@ -151,6 +157,7 @@ impl Gateway {
         ctx.model_field = model_field;
         if let Some(client) = client {
             access::check_model(client, &target, settings.auth.hide_unlisted_models)?;
+            access::admit(client, &settings.limiter, ctx).await?;
         }
         ctx.affinity = affinity;
         if force_usage {
@@ -345,7 +352,9 @@ impl ProxyHttp for Gateway {
         }
         if header.status.is_success() && matches!(ctx.target, Some(Target::Model { .. })) {
             let stream = failover::is_event_stream(header);
-            if self.count_tokens && (stream || failover::is_json(header)) {
+            let count_tokens = self.count_tokens
+                || ctx.hold.as_ref().is_some_and(|h| h.limits().counts_tokens());
+            if count_tokens && (stream || failover::is_json(header)) {
                 ctx.usage = Some(usage::Tail::default());
             }
             if ctx.usage_forced && stream {
@@ -356,6 +365,12 @@ impl ProxyHttp for Gateway {
         }
         if let Some(name) = &ep.name_header {
             header.insert_header(ENDPOINT_HEADER, name.clone())?;
+        }
+        if let Some(hold) = &ctx.hold {
+            // The client's limits, in place of the upstream's (those of the gateway's own key).
+            for (name, value) in access::limit_headers(hold.limits(), &hold.remaining) {
+                header.insert_header(name, value)?;
+            }
         }
         if let Some(id) = &ctx.request_id {
             // An upstream's own id (OpenAI's `req_...`) stays available beside ours.
@@ -512,16 +527,14 @@ impl ProxyHttp for Gateway {
         {
             rendered.message = format!("{} (model `{model}`)", rendered.message);
         }
-        let extra = match (rendered.kind, ctx.retry_after) {
-            (ErrorKind::InvalidApiKey, _) => vec![(
+        let extra: Vec<_> = match (rendered.kind, &ctx.refusal, ctx.client_key()) {
+            (ErrorKind::InvalidApiKey, _, _) => vec![(
                 http::header::WWW_AUTHENTICATE.as_str(),
                 http::HeaderValue::from_static("Bearer"),
             )],
-            // Whole seconds, rounded up: a client that waits that long is let through.
-            (ErrorKind::RateLimited, Some(wait)) => vec![(
-                http::header::RETRY_AFTER.as_str(),
-                http::HeaderValue::from(wait.as_secs() + u64::from(wait.subsec_nanos() > 0)),
-            )],
+            (_, Some(refusal), Some(key)) => {
+                access::refusal_headers(&key.limits(), refusal).collect()
+            }
             _ => Vec::new(),
         };
         let id = ctx.request_id.as_ref();
@@ -551,6 +564,12 @@ impl ProxyHttp for Gateway {
         if session.subrequest_ctx.is_none() {
             crate::downstream::request_done();
             report::request_done(session, e, ctx);
+            // Its slot freed and its tokens charged now (the drop does it).
+            if let Some(mut hold) = ctx.hold.take() {
+                if let Some(t) = ctx.attempts.tokens() {
+                    hold.charge(t.prompt + t.completion);
+                }
+            }
         }
     }
 }
