@@ -146,9 +146,10 @@ fn bench_observability(c: &mut Criterion) {
 }
 
 /// What access control adds to a request: find the key among 100 (SHA-256 and a lookup),
-/// check its glob allowlist and take a token from its rate limit.
+/// check its glob allowlist and count it against its per-process limits (taken and released).
 fn bench_auth(c: &mut Criterion) {
     use ai_proxy::auth::{Auth, AuthConfig};
+    let limiter = std::sync::Arc::new(ai_proxy::state::Limiter::default());
     let mut yaml = String::from("keys:\n");
     for i in 0..100 {
         yaml.push_str(&format!(
@@ -166,7 +167,9 @@ fn bench_auth(c: &mut Criterion) {
         b.iter(|| {
             let at = auth.client(black_box(&headers)).unwrap().unwrap();
             let client = auth.key(at).unwrap();
-            client.admit().unwrap();
+            let key = client.limited().unwrap();
+            // The local limiter never waits: its future is ready at once.
+            drop(futures::executor::block_on(limiter.admit(key)).unwrap());
             client.allows(black_box("team-42-llama-3-8b"))
         })
     });

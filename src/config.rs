@@ -13,7 +13,6 @@ use serde::Deserialize;
 
 use crate::access_log;
 use crate::auth::{Auth, AuthConfig};
-use crate::state::{Limiter, StateConfig, StateSettings};
 use crate::balance::{AffinityOptions, Balancing, KeySource, PolicyName};
 use crate::endpoint::{redact_userinfo, ApiKey, DeclaredModel, Endpoint, EndpointKind, Timeouts};
 pub use crate::env::{Env, EnvFile, ProcessEnv};
@@ -23,6 +22,7 @@ pub use crate::settings::{
     DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_HEADER_BYTES,
     DEFAULT_MAX_RETRY_WAIT_SECS, DEFAULT_RETRY_BUDGET_SECS, DEFAULT_TIMEOUT_SECS,
 };
+use crate::state::{Limiter, StateConfig, StateSettings};
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8000";
 pub const DEFAULT_DISCOVERY_INTERVAL_SECS: u64 = 30;

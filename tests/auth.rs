@@ -208,7 +208,7 @@ async fn hidden_models_look_like_missing_ones() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_burst_over_the_rate_limit_gets_429_with_retry_after_then_serves_again() {
+async fn a_burst_over_the_rate_limit_gets_429_with_retry_after() {
     let up = mock().await;
     let (gw, _secrets) = gateway(&up, "").await;
     let c = bearer(TEAM_C);
@@ -231,9 +231,9 @@ async fn a_burst_over_the_rate_limit_gets_429_with_retry_after_then_serves_again
         responses.extend(t.await.unwrap());
     }
     let ok = responses.iter().filter(|r| r.status == 200).count();
-    // 60 at once, and one more per second the burst took.
-    assert!((60..=63).contains(&ok), "{ok} of 100 went through");
-    let mut wait = 0;
+    // At most 60 in any minute (when it is served again is the windows' unit tests' job:
+    // a minute is too long to wait here).
+    assert_eq!(ok, 60, "{ok} of 100 went through");
     for r in responses.iter().filter(|r| r.status != 200) {
         assert_openai_error(r, 429, "rate_limit_exceeded");
         let secs: u64 = r
@@ -242,20 +242,11 @@ async fn a_burst_over_the_rate_limit_gets_429_with_retry_after_then_serves_again
             .parse()
             .unwrap();
         assert!((1..=60).contains(&secs), "Retry-After {secs}");
-        wait = wait.max(secs);
     }
     // Another key is not limited by team-c's burst.
     let b = bearer(TEAM_B);
     assert_eq!(
         chat(&gw, "llama-3-8b", &[("authorization", &b)])
-            .await
-            .status,
-        200
-    );
-    // After the wait it named, the key is served again.
-    tokio::time::sleep(Duration::from_secs(wait)).await;
-    assert_eq!(
-        chat(&gw, "llama-3-8b", &[("authorization", &c)])
             .await
             .status,
         200

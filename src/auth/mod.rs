@@ -494,14 +494,12 @@ mod tests {
         let h1 = headers(&[("x-api-key", "k1")]);
         let limited = |a: &Auth| key_of(a, &h1).unwrap().limited().unwrap().clone();
         drop(limiter.admit(&limited(&running)).await.unwrap());
-        let mut reloaded = auth(
-            "keys:\n  - key: k1\n    requests_per_minute: 1\n    max_concurrent: 3\n",
-        )
-        .unwrap();
+        let mut reloaded =
+            auth("keys:\n  - key: k1\n    requests_per_minute: 1\n    max_concurrent: 3\n")
+                .unwrap();
         reloaded.keep_limits_of(&running);
         let refused = limiter.admit(&limited(&reloaded)).await.unwrap_err();
         assert_eq!(refused.exceeded, Exceeded::Requests, "k1's minute is kept");
         assert_eq!(limited(&reloaded).limits.max_concurrent, Some(3));
     }
-
 }

@@ -353,7 +353,10 @@ impl ProxyHttp for Gateway {
         if header.status.is_success() && matches!(ctx.target, Some(Target::Model { .. })) {
             let stream = failover::is_event_stream(header);
             let count_tokens = self.count_tokens
-                || ctx.hold.as_ref().is_some_and(|h| h.limits().counts_tokens());
+                || ctx
+                    .hold
+                    .as_ref()
+                    .is_some_and(|h| h.limits().counts_tokens());
             if count_tokens && (stream || failover::is_json(header)) {
                 ctx.usage = Some(usage::Tail::default());
             }

@@ -83,7 +83,10 @@ mod tests {
             let (y, m, d) = civil_from_days(days);
             assert_eq!(days_from_civil(y, m, d), days);
         }
-        assert_eq!(rfc3339(days_from_civil(2024, 2, 29) * DAY_MS), "2024-02-29T00:00:00Z");
+        assert_eq!(
+            rfc3339(days_from_civil(2024, 2, 29) * DAY_MS),
+            "2024-02-29T00:00:00Z"
+        );
     }
 
     #[test]

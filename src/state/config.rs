@@ -115,8 +115,12 @@ mod tests {
         assert_eq!(s.on_error, OnError::Allow);
         assert_eq!(s.lease, Duration::from_secs(10));
         assert!(!format!("{s:?}").contains("hunter2"));
-        let s = settings("redis_url: redis://127.0.0.1:6379\non_error: deny\ntimeout_ms: 5\n").unwrap();
-        assert_eq!((s.on_error, s.timeout), (OnError::Deny, Duration::from_millis(5)));
+        let s =
+            settings("redis_url: redis://127.0.0.1:6379\non_error: deny\ntimeout_ms: 5\n").unwrap();
+        assert_eq!(
+            (s.on_error, s.timeout),
+            (OnError::Deny, Duration::from_millis(5))
+        );
     }
 
     #[test]
@@ -125,10 +129,19 @@ mod tests {
             ("key_prefix: x\n", "set redis_url or redis_url_env"),
             ("redis_url: a\nredis_url_env: REDIS_URL\n", "only one"),
             ("redis_url_env: NOPE\n", "state.redis_url_env"),
-            ("redis_url: \"http://:hunter2@h\"\n", "state.redis_url: not a Redis URL"),
+            (
+                "redis_url: \"http://:hunter2@h\"\n",
+                "state.redis_url: not a Redis URL",
+            ),
             ("redis_url: redis://h\ntimeout_ms: 0\n", "state.timeout_ms"),
-            ("redis_url: redis://h\nlease_secs: 0.5\n", "state.lease_secs"),
-            ("redis_url: redis://h\nkey_prefix: \"a{b\"\n", "state.key_prefix"),
+            (
+                "redis_url: redis://h\nlease_secs: 0.5\n",
+                "state.lease_secs",
+            ),
+            (
+                "redis_url: redis://h\nkey_prefix: \"a{b\"\n",
+                "state.key_prefix",
+            ),
         ] {
             let e = settings(yaml).unwrap_err();
             assert!(e.contains(want), "{yaml:?}: {e}");

@@ -114,10 +114,12 @@ mod tests {
 
     #[test]
     fn every_limit_is_positive() {
-        let b = |tokens| Some(Budget {
-            tokens,
-            period: Period::Day,
-        });
+        let b = |tokens| {
+            Some(Budget {
+                tokens,
+                period: Period::Day,
+            })
+        };
         let k = |r, t, c, budget| KeyLimits::new("auth.keys[0]", r, t, c, budget);
         assert!(k(Some(1), Some(1), Some(1), b(1)).is_ok());
         assert!(k(None, None, None, None).unwrap().is_empty());

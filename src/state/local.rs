@@ -110,7 +110,10 @@ pub fn admit(key: &KeyState, limits: &KeyLimits, now_ms: u64) -> Result<Remainin
     }
     if let Some(rpm) = limits.requests_per_minute.map(u64::from) {
         if requests >= rpm {
-            return Err(refuse(Exceeded::Requests, c.requests.wait_under(rpm, now_ms)));
+            return Err(refuse(
+                Exceeded::Requests,
+                c.requests.wait_under(rpm, now_ms),
+            ));
         }
     }
     if let Some(max) = limits.max_concurrent.map(u64::from) {
@@ -210,7 +213,9 @@ mod tests {
         assert_eq!(r.retry_after, Duration::from_secs(50));
         assert_eq!(r.remaining.requests, Some(0));
         // The first second's 31 requests leave the window at T + 60 s.
-        let passed = (0..40).filter(|_| admit(&k, &l, T + 60_000).is_ok()).count();
+        let passed = (0..40)
+            .filter(|_| admit(&k, &l, T + 60_000).is_ok())
+            .count();
         assert_eq!(passed, 31);
     }
 
@@ -243,7 +248,10 @@ mod tests {
         }
         assert_eq!(admitted, 10);
         let r = admit(&k, &l, T + 20_000).unwrap_err();
-        assert_eq!((r.exceeded, r.remaining.tokens), (Exceeded::Tokens, Some(0)));
+        assert_eq!(
+            (r.exceeded, r.remaining.tokens),
+            (Exceeded::Tokens, Some(0))
+        );
         // Under the limit again once the first request's second has left the window.
         assert_eq!(r.retry_after, Duration::from_secs(40));
         assert!(admit(&k, &l, T + 60_000).is_ok());
@@ -255,7 +263,10 @@ mod tests {
         let l = limits(None, None, Some(2));
         assert!(admit(&k, &l, T).is_ok() && admit(&k, &l, T).is_ok());
         let r = admit(&k, &l, T).unwrap_err();
-        assert_eq!((r.exceeded, r.retry_after), (Exceeded::Concurrent, CONCURRENT_RETRY));
+        assert_eq!(
+            (r.exceeded, r.retry_after),
+            (Exceeded::Concurrent, CONCURRENT_RETRY)
+        );
         finish(&k, &l, 0, true, T);
         assert!(admit(&k, &l, T).is_ok());
         assert_eq!(usage(&k, &l, T).in_flight, 2);

@@ -175,7 +175,12 @@ impl Limiter {
         Ok(self.hold(key, Counted::Local, remaining))
     }
 
-    fn hold(self: &Arc<Self>, key: &Arc<LimitedKey>, counted: Counted, remaining: Remaining) -> Hold {
+    fn hold(
+        self: &Arc<Self>,
+        key: &Arc<LimitedKey>,
+        counted: Counted,
+        remaining: Remaining,
+    ) -> Hold {
         Hold {
             limiter: self.clone(),
             key: key.clone(),
@@ -188,7 +193,11 @@ impl Limiter {
     /// A key's live usage: every replica's while Redis answers, else this process's.
     pub async fn usage(&self, key: &LimitedKey) -> Usage {
         let now = clock::unix_ms();
-        if let Some(s) = self.shared.as_ref().filter(|s| s.up.load(Ordering::Acquire)) {
+        if let Some(s) = self
+            .shared
+            .as_ref()
+            .filter(|s| s.up.load(Ordering::Acquire))
+        {
             match s.store.usage(key, now).await {
                 Ok(u) => return u,
                 Err(e) => s.failed("usage", &e),

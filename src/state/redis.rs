@@ -251,7 +251,10 @@ impl RedisStore {
     pub async fn renew(&self) -> Result<(), StoreError> {
         let mut by_key: HashMap<String, Vec<String>> = HashMap::new();
         for (&n, key) in self.live_leases().iter() {
-            by_key.entry(key.clone()).or_default().push(self.lease_id(n));
+            by_key
+                .entry(key.clone())
+                .or_default()
+                .push(self.lease_id(n));
         }
         let lease_ms = u64::try_from(self.lease.as_millis()).unwrap_or(u64::MAX);
         for (key, ids) in by_key {
