@@ -1024,3 +1024,40 @@ async fn a_mock_serves_at_most_its_slots_at_once() {
     // One at a time: three delays in a row.
     assert!(started.elapsed() >= delay * 3, "{:?}", started.elapsed());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_flight_counts_posts_until_their_stream_ends_or_is_dropped() {
+    let mock =
+        start_mock(MockConfig::openai("up", ["m"]).with_sse(50, Duration::from_millis(50))).await;
+    let url = format!("{}/v1/chat/completions", mock.url());
+    assert_eq!((mock.in_flight(), mock.peak_in_flight()), (0, 0));
+    // A JSON answer is in flight only while it is built; GETs never count.
+    assert_eq!(
+        post_json(&url, chat_body("m", false), &[]).await.status,
+        200
+    );
+    assert_eq!(get(&format!("{}/v1/models", mock.url())).await.status, 200);
+    assert_eq!((mock.in_flight(), mock.peak_in_flight()), (0, 1));
+    mock.reset_peak_in_flight();
+    assert_eq!(mock.peak_in_flight(), 0);
+
+    // Long, short, long (50 events of 50 ms by default, 1000 asked for).
+    let mut streams = Vec::new();
+    for events in ["1000", "50", "1000"] {
+        let s = post_stream(&url, chat_body("m", true), &[("x-mock-events", events)]).await;
+        assert_eq!(s.status, 200);
+        streams.push(s);
+    }
+    assert_eq!((mock.in_flight(), mock.peak_in_flight()), (3, 3));
+    // A client that goes away ends its stream; one read to the end ends too.
+    drop(streams.pop());
+    let dropped = poll_until(Duration::from_secs(5), || async { mock.in_flight() == 2 }).await;
+    assert!(dropped.is_some(), "in flight: {}", mock.in_flight());
+    let mut s = streams.pop().unwrap();
+    s.read_to_end().await;
+    let ended = poll_until(Duration::from_secs(5), || async { mock.in_flight() == 1 }).await;
+    assert!(ended.is_some(), "in flight: {}", mock.in_flight());
+    assert_eq!(mock.peak_in_flight(), 3);
+    mock.reset_peak_in_flight();
+    assert_eq!(mock.peak_in_flight(), 1);
+}

@@ -15,7 +15,7 @@ use tokio::time::Sleep;
 
 use super::fault::Cut;
 use super::shapes::{Completion, Endpoint, SSE_DONE};
-use super::{lock, StreamRecord};
+use super::{lock, InFlight, StreamRecord};
 
 /// The body type of every mock response.
 pub(crate) enum MockBody {
@@ -126,6 +126,8 @@ pub(crate) struct SseBody {
     /// final event) and end as the cut says.
     cut_after: usize,
     cut: Option<Cut>,
+    /// Keeps the request counted in flight while the stream lives.
+    in_flight: Option<InFlight>,
 }
 
 impl SseBody {
@@ -149,9 +151,15 @@ impl SseBody {
             finished: false,
             cut_after: 0,
             cut: None,
+            in_flight: None,
         };
         body.phase = body.normalize(body.phase);
         body
+    }
+
+    /// Count the request in flight until this body is dropped.
+    pub(crate) fn hold(&mut self, in_flight: InFlight) {
+        self.in_flight = Some(in_flight);
     }
 
     /// Send only the first `events` content events, then `cut`.

@@ -14,7 +14,7 @@ use serde_json::Value;
 use super::body::{MockBody, SseBody};
 use super::fault::{ConnCtl, Cut, CutTail, Fault, OCF_ERROR_BODY};
 use super::shapes::{self, Completion, Endpoint};
-use super::{lock, MockKind, RecordedRequest, Shared, StreamRecord};
+use super::{lock, InFlight, MockKind, RecordedRequest, Shared, StreamRecord};
 
 const OCF_SERVICE_PREFIX: &str = "/v1/service/llm";
 const JSON: &str = "application/json";
@@ -183,6 +183,8 @@ async fn answer(
         });
     }
 
+    // Counted from now until the answer is built, or as long as a stream's body lives.
+    let in_flight = (parts.method == Method::POST).then(|| InFlight::enter(shared));
     // Read once, when the request has arrived: a later `set_fault` does not change this answer.
     let fault = if parts.method == Method::POST {
         shared.fault_for(&body)
@@ -217,7 +219,7 @@ async fn answer(
         );
         return error(shared, status, &msg, "mock_status");
     }
-    let resp = route(
+    let mut resp = route(
         shared,
         &parts.method,
         parts.uri.path(),
@@ -226,6 +228,9 @@ async fn answer(
         &ov,
         n,
     );
+    if let (MockBody::Sse(sse), Some(in_flight)) = (resp.body_mut(), in_flight) {
+        sse.hold(in_flight);
+    }
     match fault {
         Some(fault) => faulty(shared, conn, &fault, resp),
         None => resp,

@@ -15,6 +15,7 @@
 //! server.set_fault(Option<Fault>) / server.fault()                   inference misbehaviour
 //! server.set_fault_times(Option<Fault>, n)                          ... for the next n only
 //! server.requests() -> Vec<RecordedRequest> / server.request_count() / server.streams() -> Vec<StreamRecord>
+//! server.in_flight() / server.peak_in_flight() / server.reset_peak_in_flight()   POSTs being answered
 //! server.clear_records()
 //! server.shutdown().await    (dropping the server also stops it, asynchronously)
 //! ```
@@ -60,6 +61,10 @@
 //!
 //! Recording (`record`): requests and stream records are kept only when `record` is true;
 //! `request_count()` counts every request regardless.
+//!
+//! In flight (`in_flight()`, `peak_in_flight()`): a POST counts from its arrival until its answer
+//! is built, or, for a stream, until the stream body is dropped (finished, or its client gone);
+//! the peak is the most counted at once since the start or `reset_peak_in_flight()`.
 
 mod body;
 mod fault;
@@ -300,6 +305,28 @@ pub(crate) struct Shared {
     pub(crate) streams: Mutex<Vec<Arc<Mutex<StreamRecord>>>>,
     /// When requests were abandoned: the connection went away before the answer was sent.
     pub(crate) abandoned: Mutex<Vec<Instant>>,
+    /// POSTs being answered now (see [`InFlight`]).
+    pub(crate) in_flight: AtomicUsize,
+    /// The most `in_flight` seen at once.
+    pub(crate) peak_in_flight: AtomicUsize,
+}
+
+/// Counts one POST in `Shared::in_flight` while it lives: held by the handler until the answer
+/// is built, and moved into a stream's body to last as long as the stream.
+pub(crate) struct InFlight(Arc<Shared>);
+
+impl InFlight {
+    pub(crate) fn enter(shared: &Arc<Shared>) -> Self {
+        let now = shared.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        shared.peak_in_flight.fetch_max(now, Ordering::SeqCst);
+        InFlight(shared.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Shared {
@@ -409,6 +436,8 @@ impl MockServer {
             requests: Mutex::new(Vec::new()),
             streams: Mutex::new(Vec::new()),
             abandoned: Mutex::new(Vec::new()),
+            in_flight: AtomicUsize::new(0),
+            peak_in_flight: AtomicUsize::new(0),
         });
         let (stop_tx, stop_rx) = oneshot::channel();
         let tls = acceptor.is_some();
@@ -528,6 +557,24 @@ impl MockServer {
             .iter()
             .map(|s| lock(s).clone())
             .collect()
+    }
+
+    /// POSTs being answered now: from arrival until the answer is built, or until a stream's
+    /// body is dropped (it finished or its client went away).
+    pub fn in_flight(&self) -> usize {
+        self.shared.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// The most POSTs in flight at once since the start (or the last `reset_peak_in_flight`).
+    pub fn peak_in_flight(&self) -> usize {
+        self.shared.peak_in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Start the peak over from the number in flight now.
+    pub fn reset_peak_in_flight(&self) {
+        self.shared
+            .peak_in_flight
+            .store(self.in_flight(), Ordering::SeqCst);
     }
 
     /// Forget recorded requests and streams (the request counter is kept).

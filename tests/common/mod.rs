@@ -13,6 +13,7 @@
 //!   [`auth_headers`], [`last_stream`], [`wait_stream_closed_early`], [`poll_until`]
 //! - [`Load`]: clients sending requests in a loop until stopped (reload and upgrade tests)
 //! - `/metrics`: [`scrape`], [`settled_scrape`], [`delta`], [`requests`], [`tokens`]
+//! - [`RedisServer`]: a real `redis-server` child on a free port (kill, restart, raw commands)
 
 #![allow(dead_code, unused_imports)]
 
@@ -21,6 +22,7 @@ pub mod client;
 pub mod gateway;
 pub mod load;
 pub mod metrics;
+pub mod redis;
 pub mod tls;
 
 use std::net::{Ipv4Addr, TcpListener};
@@ -39,6 +41,7 @@ pub use self::client::{
 pub use self::gateway::{run_gateway_cmd, Gateway, GatewayBuilder, GATEWAY_BIN};
 pub use self::load::{Load, Outcomes};
 pub use self::metrics::{delta, requests, scrape, settled_scrape, tokens, total_requests};
+pub use self::redis::{RedisServer, Reply};
 pub use self::tls::{TestCa, TlsFiles};
 pub use ai_proxy_mock::{MockConfig, MockKind, MockServer, MockTls, RecordedRequest, StreamRecord};
 
