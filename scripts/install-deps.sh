@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building ai-proxy needs beyond cargo: cmake and a C toolchain (Pingora's
-# zlib-ng and zstd build C code), and what its tests start: redis-server. Debian/Ubuntu; elsewhere install them by hand.
+# zlib-ng and zstd build C code), and what its tests start: redis-server. Debian/Ubuntu;
+# elsewhere install them by hand.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v cargo >/dev/null 2>&1; then
