@@ -22,6 +22,7 @@ fn read(path: &str) -> String {
 const EXAMPLE_ENV: &[(&str, &str)] = &[
     ("OPENAI_API_KEY", "sk-example-placeholder"),
     ("TEAM_A_KEY", "sk-example-client"),
+    ("TEAM_B_KEY", "sk-example-client-b"),
     ("AI_PROXY_ADMIN_KEY", "sk-example-admin"),
 ];
 
@@ -45,7 +46,12 @@ fn every_conf_file_passes_check_config() {
         checked.push(path.file_name().unwrap().to_string_lossy().into_owned());
     }
     checked.sort();
-    for example in ["env-only.env", "openai-ocf.yaml", "vllm-fleet.yaml"] {
+    for example in [
+        "env-only.env",
+        "openai-ocf.yaml",
+        "shared-limits.yaml",
+        "vllm-fleet.yaml",
+    ] {
         assert!(checked.iter().any(|c| c == example), "{example} is missing");
     }
 }
