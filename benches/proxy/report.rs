@@ -80,6 +80,10 @@ fn describe(name: &str, cx: &Context) -> String {
             "ai-proxy-auth = → gateway ({} threads; as ai-proxy, plus 100 client keys: key, allowlist and rate limit checked) → mock",
             cx.machine.cores
         ),
+        "ai-proxy-redis" => format!(
+            "ai-proxy-redis = → gateway ({} threads; as ai-proxy-auth, the limits shared in Redis: one script call per request, one at its end) → mock",
+            cx.machine.cores
+        ),
         "baseline" => {
             "baseline = → the `--baseline` gateway binary, ai-proxy's config → mock".to_string()
         }

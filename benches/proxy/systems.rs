@@ -54,6 +54,8 @@ impl System {
 /// temp dir (configs and logs).
 pub struct Lab {
     pub systems: Vec<System>,
+    /// `ai-proxy-redis`'s shared state: kept running (and stopped on drop) with the proxies.
+    _redis: Option<Proc>,
     pub mock: Proc,
     pub mock_addr: SocketAddr,
     pub nginx_version: Option<String>,
@@ -119,6 +121,11 @@ impl Lab {
                 pids: Vec::new(),
             });
         }
+        let redis = if opts.wants("ai-proxy-redis") {
+            Some(start_redis(dir.path())?)
+        } else {
+            None
+        };
         let gateway = Path::new(env!("CARGO_BIN_EXE_ai-proxy"));
         let baseline = opts.baseline.as_deref();
         let gateways = [
@@ -131,6 +138,12 @@ impl Lab {
             (opts.wants("ai-proxy-bare"), Observability::Off, gateway),
             (opts.wants("ai-proxy-auth"), Observability::Auth, gateway),
         ];
+        let shared = redis
+            .as_ref()
+            .map(|(_, addr)| (Observability::Redis(*addr), gateway));
+        let gateways = gateways
+            .into_iter()
+            .chain(shared.map(|(obs, bin)| (true, obs, bin)));
         for (wanted, obs, bin) in gateways {
             if wanted {
                 systems.push(start_gateway(dir.path(), mock_addr, obs, bin)?);
@@ -148,6 +161,7 @@ impl Lab {
         }
         Ok(Lab {
             systems,
+            _redis: redis.map(|(proc, _)| proc),
             mock,
             mock_addr,
             nginx_version,
@@ -174,16 +188,21 @@ enum Observability {
     On,
     Baseline,
     Auth,
+    /// As `Auth`, the limits shared in the Redis at this address.
+    Redis(SocketAddr),
     Off,
 }
 
 /// `ai-proxy-auth`'s `auth:` section: 100 keys, the bench's with a model allowlist (a glob)
-/// and a rate limit far above what the bench sends, so every check runs and none refuses.
+/// and every kind of limit far above what the bench sends, so every check runs and none
+/// refuses.
 fn auth_section() -> String {
     let key = CLIENT_KEY_HEADER.trim_start_matches("Bearer ");
     let mut yaml = format!(
         "auth:\n  admin_key: sk-bench-admin\n  keys:\n    - key: {key}\n      name: bench\n      \
-         models: [\"mock-*\", \"other-model\"]\n      requests_per_minute: 1000000000\n"
+         models: [\"mock-*\", \"other-model\"]\n      requests_per_minute: 1000000000\n      \
+         tokens_per_minute: 1000000000000\n      max_concurrent: 1000000\n      \
+         budget: {{tokens: 1000000000000000, period: month}}\n"
     );
     for i in 0..OTHER_KEYS {
         yaml.push_str(&format!(
@@ -204,6 +223,13 @@ fn start_gateway(
         Observability::On => ("ai-proxy", String::new()),
         Observability::Baseline => ("baseline", String::new()),
         Observability::Auth => ("ai-proxy-auth", auth_section()),
+        Observability::Redis(redis) => (
+            "ai-proxy-redis",
+            format!(
+                "state:\n  redis_url: \"redis://{redis}/\"\n  timeout_ms: 200\n{}",
+                auth_section()
+            ),
+        ),
         Observability::Off => (
             "ai-proxy-bare",
             "metrics: false\naccess_log: \"off\"\n".to_string(),
@@ -229,6 +255,40 @@ fn start_gateway(
         pids: vec![proc.pid()],
         proc: Some(proc),
     })
+}
+
+/// A `redis-server` of its own on a free loopback port, nothing saved, ready once it answers
+/// `PING`.
+fn start_redis(dir: &Path) -> Result<(Proc, SocketAddr), String> {
+    use std::io::{Read, Write};
+    let addr = local(process::free_port()?);
+    let mut cmd = Command::new("redis-server");
+    cmd.args(["--bind", "127.0.0.1", "--port"])
+        .arg(addr.port().to_string())
+        .args(["--save", "", "--appendonly", "no", "--dir"])
+        .arg(dir);
+    let mut proc = Proc::spawn("redis-server", cmd, &dir.join("redis.log"), Stop::Kill)?;
+    let deadline = Instant::now() + READY_WITHIN;
+    // Bounded by the deadline; each turn a connection attempt.
+    loop {
+        proc.check_alive()?;
+        let pong = std::net::TcpStream::connect(addr).ok().and_then(|mut s| {
+            s.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+            s.write_all(b"PING\r\n").ok()?;
+            let mut buf = [0u8; 7];
+            s.read_exact(&mut buf).ok()?;
+            Some(&buf == b"+PONG\r\n")
+        });
+        if pong == Some(true) {
+            return Ok((proc, addr));
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "redis-server did not answer on {addr} (is it installed? scripts/install-deps.sh)"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 fn start_nginx(bin: &Path, dir: &Path, mock: SocketAddr, m: &Machine) -> Result<System, String> {
