@@ -1,6 +1,6 @@
 //! A real `redis-server` as a child process for the shared-limits tests: a free loopback port,
-//! no persistence, a temp dir, readiness by `PING`, SIGKILL and restart on the same port, and a
-//! raw RESP client for assertions.
+//! no persistence, a temp dir, readiness by `PING`, SIGKILL and restart on the same port,
+//! SIGSTOP/SIGCONT (a hung server), and a raw RESP client for assertions.
 
 use std::fs::File;
 use std::path::PathBuf;
@@ -183,6 +183,30 @@ impl RedisServer {
             }
             let _ = child.wait();
         }
+    }
+
+    /// SIGSTOP the server: it keeps its port and connections but answers nothing until
+    /// [`RedisServer::resume`] (a hung Redis, not a dead one).
+    pub fn pause(&self) {
+        self.send(libc::SIGSTOP);
+    }
+
+    /// SIGCONT a paused server.
+    pub fn resume(&self) {
+        self.send(libc::SIGCONT);
+    }
+
+    fn send(&self, sig: libc::c_int) {
+        let child = self.child.as_ref().expect("redis-server is not running");
+        let pid = libc::pid_t::try_from(child.id()).expect("pid fits pid_t");
+        // SAFETY: kill(2) with our own, unreaped child's PID.
+        let rc = unsafe { libc::kill(pid, sig) };
+        assert_eq!(
+            rc,
+            0,
+            "kill({pid}, {sig}): {}",
+            std::io::Error::last_os_error()
+        );
     }
 
     /// Start the server again on the same port (empty: nothing is persisted) and wait until it
