@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::state::clock::civil_from_days;
 use crate::usage::Tokens;
 
 /// Where the lines go (`access_log:` in the config).
@@ -254,7 +255,7 @@ impl Timestamp {
     fn at(since: Duration) -> Timestamp {
         let secs = since.as_secs();
         let (days, rem) = (secs / 86_400, secs % 86_400);
-        let (y, m, d) = civil_from_days(i64::try_from(days).unwrap_or(0));
+        let (y, m, d) = civil_from_days(days);
         let mut out = *b"0000-00-00T00:00:00.000Z";
         let mut put = |at: usize, width: usize, mut n: u64| {
             for i in (at..at + width).rev() {
@@ -262,9 +263,9 @@ impl Timestamp {
                 n /= 10;
             }
         };
-        put(0, 4, u64::try_from(y).unwrap_or(0));
-        put(5, 2, u64::from(m));
-        put(8, 2, u64::from(d));
+        put(0, 4, y);
+        put(5, 2, m);
+        put(8, 2, d);
         put(11, 2, rem / 3600);
         put(14, 2, rem % 3600 / 60);
         put(17, 2, rem % 60);
@@ -276,20 +277,6 @@ impl Timestamp {
         // Only ASCII digits and separators are ever written.
         std::str::from_utf8(&self.0).unwrap_or_default()
     }
-}
-
-/// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
 }
 
 #[cfg(test)]

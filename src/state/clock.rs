@@ -44,7 +44,7 @@ pub fn rfc3339(ms: u64) -> String {
 
 /// Year, month (1-12) and day of a day count since 1970-01-01 (Howard Hinnant's algorithm,
 /// proleptic Gregorian calendar).
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
+pub fn civil_from_days(days: u64) -> (u64, u64, u64) {
     let z = days + 719_468;
     let era = z / 146_097;
     let doe = z % 146_097;
