@@ -21,9 +21,9 @@ if [ ${#need[@]} -gt 0 ]; then
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
 fi
-# The SDKs the integration tests drive, as users do: the `openai` Python SDK in a venv of the
-# checkout (.venv, git-ignored).
-if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import openai" 2>/dev/null; then
+# The SDKs the integration tests drive, as users do: the `openai` and `anthropic` Python SDKs
+# in a venv of the checkout (.venv, git-ignored).
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import openai, anthropic" 2>/dev/null; then
   if ! python3 -c "import venv, ensurepip" 2>/dev/null; then
     sudo=""
     [ "$(id -u)" -ne 0 ] && sudo="sudo"
@@ -31,5 +31,5 @@ if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import openai" 2>/dev/nul
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq python3-venv >/dev/null
   fi
   python3 -m venv .venv
-  .venv/bin/pip install -q --disable-pip-version-check openai
+  .venv/bin/pip install -q --disable-pip-version-check openai anthropic
 fi
