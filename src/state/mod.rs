@@ -2,10 +2,10 @@
 //! and the state they count: per process (local.rs), or shared by every replica in Redis
 //! (redis.rs, with `state:`), the same windows and checks in both.
 //!
-//! A request of a limited key is admitted once, before it goes upstream: one call to Redis at
-//! most. What it holds (a `max_concurrent` slot, the tokens to charge) is a [`Hold`] that its
-//! context keeps; dropping the hold, however the request ends, releases the slot and charges
-//! the tokens. While Redis cannot be reached, `on_error` decides: the local limits take over
+//! A request of a limited key is admitted once, before it goes upstream: one round trip to
+//! Redis at most (shared by the requests queued meanwhile, see redis.rs). What it holds (a
+//! `max_concurrent` slot, the tokens to charge) is a [`Hold`] that its context keeps; dropping
+//! the hold, however the request ends, releases the slot and charges the tokens. While Redis cannot be reached, `on_error` decides: the local limits take over
 //! (`allow`) or limited keys get 503 (`deny`); a probe each second brings the shared limits
 //! back when Redis answers again. One log line for each switch, every failure counted.
 
@@ -306,17 +306,8 @@ impl Drop for Hold {
         if lease.is_none() && tokens == 0 {
             return;
         }
-        // Off the request's path; without a runtime (never, in the gateway) the lease expires.
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let (limiter, key) = (self.limiter.clone(), self.key.clone());
-        runtime.spawn(async move {
-            if let Some(s) = &limiter.shared {
-                if let Err(e) = s.store.finish(&key, lease, tokens, now).await {
-                    s.failed("finish", &e);
-                }
-            }
-        });
+        if let Some(s) = &self.limiter.shared {
+            s.store.finish(key, lease, tokens);
+        }
     }
 }

@@ -1,7 +1,7 @@
 -- A key's live usage, read only. KEYS: requests, tokens, leases, budget. ARGV: budget period.
 -- Returns {requests this minute, tokens this minute, leases live, budget used}.
-local requests = window(KEYS[1], 0, false)
-local tokens = window(KEYS[2], 0, false)
+local requests = window(KEYS[1], false)
+local tokens = window(KEYS[2], false)
 local live = redis.call('ZCOUNT', KEYS[3], '(' .. now, '+inf')
 local period = tonumber(ARGV[1])
 local used = 0

@@ -5,9 +5,9 @@ local t = redis.call('TIME')
 local sec = tonumber(t[1])
 local now = sec * 1000 + math.floor(tonumber(t[2]) / 1000)
 
--- The window's sum and, when it is at `limit` or over, the milliseconds until it falls under
--- (as its oldest seconds leave it). `prune` deletes the seconds that left the window.
-local function window(key, limit, prune)
+-- The window's sum and its live seconds (second -> count). `prune` deletes the seconds that
+-- left the window.
+local function window(key, prune)
   local all = redis.call('HGETALL', key)
   local sum, stale, live = 0, {}, {}
   for i = 1, #all, 2 do
@@ -16,25 +16,26 @@ local function window(key, limit, prune)
       stale[#stale + 1] = all[i]
     else
       sum = sum + n
-      live[#live + 1] = {s, n}
+      live[s] = n
     end
   end
   if prune and #stale > 0 then
     redis.call('HDEL', key, unpack(stale))
   end
-  local wait = 0
-  if limit > 0 and sum >= limit then
-    table.sort(live, function(a, b) return a[1] < b[1] end)
-    local left = sum
-    for _, b in ipairs(live) do
-      left = left - b[2]
-      if left < limit then
-        wait = (b[1] + 60) * 1000 - now
-        break
-      end
-    end
+  return sum, live
+end
+
+-- Milliseconds until a window at `sum` (its seconds in `live`) falls under `limit`, as its
+-- oldest seconds leave it. Only asked of a window at its limit or over.
+local function until_under(live, sum, limit)
+  local order = {}
+  for s in pairs(live) do order[#order + 1] = s end
+  table.sort(order)
+  for _, s in ipairs(order) do
+    sum = sum - live[s]
+    if sum < limit then return (s + 60) * 1000 - now end
   end
-  return sum, wait
+  return (sec + 60) * 1000 - now
 end
 
 -- Tokens of the budget's period: a period number older than the caller's is a finished
