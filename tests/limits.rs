@@ -1293,17 +1293,6 @@ async fn stream_tokens_are_charged_from_the_usage_chunk_asked_for_or_forced() {
 // ---------------------------------------------------------------------------------------------
 // The OpenAI SDK
 
-/// The Python interpreter of the SDK venv that `scripts/install-deps.sh` creates.
-fn sdk_python() -> std::path::PathBuf {
-    let py = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
-    assert!(
-        py.exists(),
-        "{} is missing: run scripts/install-deps.sh (it creates the SDK venv)",
-        py.display()
-    );
-    py
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_openai_sdk_raises_rate_limit_errors_for_both_kinds_of_429() {
     let redis = RedisServer::start().await;
@@ -1376,4 +1365,57 @@ run(sys.argv[4], 10)
     assert_eq!(budget["status"], 429, "{budget}");
     assert_eq!(budget["code"], "insufficient_quota", "{budget}");
     assert_eq!(budget["type"], "insufficient_quota", "{budget}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The one-minute window's Lua, at chosen times
+
+/// The window prelude with Redis's clock replaced by `sec` (seconds), then `body`: EVAL'd on a
+/// real server, so that the minute can pass without waiting for it.
+async fn window_at(redis: &RedisServer, sec: u64, body: &str) -> Reply {
+    let prelude = include_str!("../src/state/scripts/window.lua")
+        .replace("redis.call('TIME')", &format!("{{'{sec}', '0'}}"));
+    assert!(
+        prelude.contains(&format!("{{'{sec}', '0'}}")),
+        "the prelude reads TIME"
+    );
+    let script = format!("{prelude}\n{body}");
+    redis
+        .cmd(&["EVAL", &script, "1", "w"])
+        .await
+        .expect("EVAL the window")
+}
+
+#[tokio::test]
+async fn the_window_drops_the_seconds_that_left_it_and_keeps_the_rest() {
+    let redis = RedisServer::start().await;
+    let sum = |r: Reply| r.text().and_then(|t| t.parse::<i64>().ok()).unwrap_or(-1);
+    let add =
+        "window(KEYS[1], true) add(KEYS[1], tonumber(ARGV[1] or 1)) return window(KEYS[1], true)";
+    let read = "return window(KEYS[1], false)";
+    // 5 at t=1000, 3 at t=1030, 2 at t=1059: all in the minute at 1059.
+    for (t, n) in [(1000, 5), (1030, 3), (1059, 2)] {
+        let body = add.replace("ARGV[1] or 1", &n.to_string());
+        window_at(&redis, t, &body).await;
+    }
+    assert_eq!(sum(window_at(&redis, 1059, read).await), 10);
+    // At 1060 the first second has left (a window holds 60 seconds: 1001..=1060).
+    assert_eq!(sum(window_at(&redis, 1060, read).await), 5);
+    assert_eq!(
+        sum(window_at(&redis, 1060, "return window(KEYS[1], true)").await),
+        5
+    );
+    assert_eq!(sum(window_at(&redis, 1089, read).await), 5);
+    assert_eq!(sum(window_at(&redis, 1090, read).await), 2);
+    // Pruned: the stale seconds are gone from the hash, the live ones stay.
+    window_at(&redis, 1090, "return window(KEYS[1], true)").await;
+    let fields = redis.cmd(&["HKEYS", "w"]).await.unwrap().strings();
+    assert!(!fields.contains(&"1000".to_string()) && !fields.contains(&"1030".to_string()));
+    assert!(fields.contains(&"1059".to_string()), "{fields:?}");
+    // Idle for over a minute past `from`: counted from scratch, nothing left.
+    assert_eq!(sum(window_at(&redis, 1300, read).await), 0);
+    // Counts added without a prune in between (an end's tokens) are in the sum all the same.
+    window_at(&redis, 1301, "add(KEYS[1], 7) add(KEYS[1], 1) return 0").await;
+    assert_eq!(sum(window_at(&redis, 1301, read).await), 8);
+    assert_eq!(sum(window_at(&redis, 1361, read).await), 0);
 }

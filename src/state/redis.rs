@@ -404,6 +404,14 @@ impl Inner {
             if batch.is_empty() && queue.recv_many(&mut batch, MAX_BATCH).await == 0 {
                 return;
             }
+            if !batch.iter().any(|q| matches!(q, Queued::Admit { .. })) {
+                // Ends alone: nobody waits for them, so the admissions queued next do not
+                // wait behind them either (pipelined on the same multiplexed connection).
+                let (lane, mut ends, mut conn) =
+                    (self.clone(), std::mem::take(&mut batch), conn.clone());
+                tokio::spawn(async move { lane.send(&mut conn, &mut ends, &mut Vec::new()).await });
+                continue;
+            }
             self.send(&mut conn, &mut batch, &mut orphans).await;
         }
     }

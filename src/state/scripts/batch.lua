@@ -29,8 +29,7 @@ for k = 1, #KEYS, 4 do
   end
   if #released > 0 then redis.call('ZREM', leases_key, unpack(released)) end
   if charged > 0 then
-    redis.call('HINCRBY', tokens_key, sec, charged)
-    redis.call('EXPIRE', tokens_key, 61)
+    add(tokens_key, charged)
     if period > 0 then
       local stored = tonumber(redis.call('HGET', budget_key, 'period')) or 0
       if stored < period then
@@ -43,8 +42,8 @@ for k = 1, #KEYS, 4 do
   end
 
   if admissions > 0 then
-    local requests, requests_live = window(requests_key, true)
-    local tokens, tokens_live = window(tokens_key, true)
+    local requests = window(requests_key, true)
+    local tokens = window(tokens_key, true)
     local used = 0
     if budget > 0 then used = budget_used(budget_key, period) end
     local in_flight = 0
@@ -63,11 +62,9 @@ for k = 1, #KEYS, 4 do
       if budget > 0 and used >= budget then
         verdict = 4
       elseif tpm > 0 and tokens >= tpm then
-        verdict, wait = 2, until_under(tokens_live, tokens, tpm)
+        verdict, wait = 2, until_under(tokens_key, tokens, tpm, 0)
       elseif rpm > 0 and requests >= rpm then
-        requests_live[sec] = (requests_live[sec] or 0) + admitted
-        verdict, wait = 1, until_under(requests_live, requests, rpm)
-        requests_live[sec] = requests_live[sec] - admitted
+        verdict, wait = 1, until_under(requests_key, requests, rpm, admitted)
       elseif conc > 0 and in_flight >= conc then
         verdict, wait = 3, 1000
       else
@@ -86,8 +83,7 @@ for k = 1, #KEYS, 4 do
       out[#out + 1] = wait
     end
     if admitted > 0 then
-      redis.call('HINCRBY', requests_key, sec, admitted)
-      redis.call('EXPIRE', requests_key, 61)
+      add(requests_key, admitted)
     end
     if #taken > 0 then
       redis.call('ZADD', leases_key, unpack(taken))
