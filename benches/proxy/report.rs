@@ -81,7 +81,7 @@ fn describe(name: &str, cx: &Context) -> String {
             cx.machine.cores
         ),
         "ai-proxy-redis" => format!(
-            "ai-proxy-redis = → gateway ({} threads; as ai-proxy-auth, the limits shared in Redis: one script call per request, one at its end) → mock",
+            "ai-proxy-redis = → gateway ({} threads; as ai-proxy-auth, the limits shared in a redis-server, whose CPU and RSS count in the process rows; a request waits for one script call, its end is recorded without waiting) → mock",
             cx.machine.cores
         ),
         "baseline" => {

@@ -146,7 +146,12 @@ impl Lab {
             .chain(shared.map(|(obs, bin)| (true, obs, bin)));
         for (wanted, obs, bin) in gateways {
             if wanted {
-                systems.push(start_gateway(dir.path(), mock_addr, obs, bin)?);
+                let mut system = start_gateway(dir.path(), mock_addr, obs, bin)?;
+                // The shared limits' cost is the gateway's CPU and memory plus its Redis's.
+                if let (Observability::Redis(_), Some((redis, _))) = (obs, &redis) {
+                    system.pids.push(redis.pid());
+                }
+                systems.push(system);
             }
         }
         let mut nginx_version = None;
