@@ -175,12 +175,45 @@ fn bench_auth(c: &mut Criterion) {
     });
 }
 
+/// The Anthropic frontend's share of a request: a ~1 KiB Messages request translated to the
+/// chat body of one attempt, and one streamed chat chunk (a text delta) translated to its
+/// Anthropic event.
+fn bench_anthropic(c: &mut Criterion) {
+    use ai_proxy::frontends::anthropic::{ChatRequest, StreamTranslator};
+    let prompt = "lorem ipsum ".repeat(56);
+    let request = format!(
+        r#"{{"model":"claude-sonnet-4-5","max_tokens":1024,"system":[{{"type":"text","text":"You are a helpful assistant."}}],"messages":[{{"role":"user","content":"Hi!"}},{{"role":"assistant","content":"Hello! How can I help?"}},{{"role":"user","content":[{{"type":"text","text":"{prompt}"}}]}}],"temperature":0.2,"stream":true}}"#
+    );
+    c.bench_function("anthropic_request_1k", |b| {
+        b.iter(|| {
+            let req = ChatRequest::from_messages(black_box(request.as_bytes())).unwrap();
+            req.body(black_box("m"))
+        })
+    });
+    let reply = ChatRequest::from_messages(request.as_bytes())
+        .unwrap()
+        .reply();
+    let chunk = b"data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1764162309,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\" world\"},\"logprobs\":null,\"finish_reason\":null}]}\n\n";
+    let mut stream = StreamTranslator::new(reply);
+    let mut out = bytes::BytesMut::with_capacity(4096);
+    // The first chunk also starts the message and its text block: measure the steady state.
+    stream.push(chunk, &mut out);
+    c.bench_function("anthropic_stream_chunk", |b| {
+        b.iter(|| {
+            out.clear();
+            stream.push(black_box(chunk), &mut out);
+            out.len()
+        })
+    });
+}
+
 criterion_group!(
     benches,
     bench_peek,
     bench_select,
     bench_rewrite,
     bench_observability,
-    bench_auth
+    bench_auth,
+    bench_anthropic
 );
 criterion_main!(benches);

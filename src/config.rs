@@ -14,7 +14,9 @@ use serde::Deserialize;
 use crate::access_log;
 use crate::auth::{Auth, AuthConfig};
 use crate::balance::{AffinityOptions, Balancing, KeySource, PolicyName};
-use crate::endpoint::{redact_userinfo, ApiKey, DeclaredModel, Endpoint, EndpointKind, Timeouts};
+use crate::endpoint::{
+    redact_userinfo, ApiKey, DeclaredModel, Endpoint, EndpointKind, MessagesMode, Timeouts,
+};
 pub use crate::env::{Env, EnvFile, ProcessEnv};
 use crate::health::HealthPolicy;
 use crate::settings::RequestSettings;
@@ -116,6 +118,8 @@ struct EndpointConfig {
     weight: Option<u32>,
     models: Option<Vec<DeclaredModelConfig>>,
     discover: Option<bool>,
+    #[serde(default)]
+    messages: MessagesMode,
 }
 
 /// One entry of an endpoint's `models:`: an upstream id, or `{id, name}` to serve it under a
@@ -723,6 +727,7 @@ fn yaml_endpoints(
         let ep = Endpoint::new(&ec.url, ec.kind, ec.name, key, ca)
             .map_err(|e| format!("{}: {e}", field("url")))?
             .with_models(declared, discover)
+            .with_messages(ec.messages)
             .with_health(health)
             .with_timeouts(endpoint_timeouts(
                 ec.timeouts,

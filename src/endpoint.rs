@@ -31,6 +31,17 @@ impl EndpointKind {
     }
 }
 
+/// How an endpoint takes Anthropic Messages requests (`POST /v1/messages`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum MessagesMode {
+    /// Translated to `/v1/chat/completions`, and the answer back (src/frontends/anthropic).
+    #[default]
+    Translate,
+    /// Forwarded as they are: the server serves `/v1/messages` itself (recent vLLM, llama.cpp).
+    Native,
+}
+
 /// The path prefix an OCF head routes to its peers' `llm` services.
 pub const OCF_SERVICE_PREFIX: &str = "/v1/service/llm";
 
@@ -86,6 +97,8 @@ pub struct Endpoint {
     /// Poll the endpoint's model list (`discover:`, default true). Without it the endpoint
     /// serves its declared models and is only probed for reachability.
     pub discover: bool,
+    /// How it takes `/v1/messages` requests (`messages:`).
+    pub messages: MessagesMode,
 }
 
 /// A model an endpoint is declared to serve: its upstream id, and the public name clients use.
@@ -245,6 +258,7 @@ impl Endpoint {
             weight: 1,
             declared: Vec::new(),
             discover: true,
+            messages: MessagesMode::default(),
             name_header: HeaderValue::from_str(&name).ok(),
             name,
             kind,
@@ -282,6 +296,12 @@ impl Endpoint {
             .map_or(id, |d| d.name.as_str())
     }
 
+    /// Take `/v1/messages` requests this way.
+    pub fn with_messages(mut self, messages: MessagesMode) -> Self {
+        self.messages = messages;
+        self
+    }
+
     /// Use these timeouts for requests to this endpoint.
     pub fn with_timeouts(mut self, timeouts: Timeouts) -> Self {
         self.timeouts = timeouts;
@@ -314,6 +334,7 @@ impl Endpoint {
             && self.weight == other.weight
             && self.declared == other.declared
             && self.discover == other.discover
+            && self.messages == other.messages
             && self.health_policy == other.health_policy
             && certs(&self.ca) == certs(&other.ca)
     }

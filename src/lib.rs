@@ -11,6 +11,7 @@ pub mod downstream;
 pub mod endpoint;
 pub mod env;
 pub mod error;
+pub mod frontends;
 pub mod health;
 pub mod metrics;
 pub mod multipart;

@@ -10,10 +10,11 @@ use pingora::proxy::Session;
 
 use super::attempts::Attempts;
 use super::model_field::ModelField;
-use super::{fallback, retry, watchdog};
+use super::{fallback, messages, retry, watchdog};
 use crate::auth::ClientKey;
 use crate::deployment::DeploymentState;
 use crate::deployment::InFlight;
+use crate::frontends::anthropic::ChatRequest;
 use crate::health::Health;
 use crate::routes::{Pool, Routes};
 use crate::shutdown::ActiveRequest;
@@ -107,6 +108,12 @@ pub struct RequestCtx {
     pub(super) hold: Option<Hold>,
     /// Why the key's limits refused the request (its `Retry-After` and `x-ratelimit-*`).
     pub(super) refusal: Option<Refusal>,
+    /// An Anthropic route: its errors take Anthropic's shape.
+    pub(super) anthropic: Option<messages::Route>,
+    /// A `/v1/messages` request as a chat completions request, for translated attempts.
+    pub(super) chat: Option<Arc<ChatRequest>>,
+    /// The current attempt's answer, on its way back into Anthropic's shapes.
+    pub(super) answer: Option<messages::Answer>,
 }
 
 impl RequestCtx {
@@ -274,6 +281,15 @@ impl RequestCtx {
             (None, Some(u)) => u.health.hold_for(wait),
             _ => {}
         }
+    }
+
+    /// Whether the current attempt is a `/v1/messages` request translated for its endpoint.
+    pub(super) fn translating(&self) -> bool {
+        self.chat.is_some()
+            && self
+                .current
+                .as_ref()
+                .is_some_and(|u| messages::translates(&u.endpoint))
     }
 
     /// What the current attempt sends upstream when it is not the client's body.

@@ -52,6 +52,9 @@ pub(super) struct SubrequestRoute {
     pub request_id: Option<http::HeaderValue>,
     /// When the client's request head was read.
     pub started: Option<std::time::Instant>,
+    /// The Anthropic route, and its request translated (see messages.rs).
+    pub anthropic: Option<super::messages::Route>,
+    pub chat: Option<Arc<crate::frontends::anthropic::ChatRequest>>,
 }
 
 /// Re-run the request as a subrequest carrying the body already read (over 64 KiB), and again
@@ -90,6 +93,8 @@ pub(super) async fn forward(
             model_field: ctx.model_field.clone(),
             request_id: ctx.request_id.clone(),
             started: ctx.started,
+            anthropic: ctx.anthropic,
+            chat: ctx.chat.clone(),
         };
         let Some(spawner) = session.subrequest_spawner.as_ref() else {
             return Err(ErrorKind::Internal.err("subrequest spawner missing"));

@@ -23,6 +23,7 @@ mod fallback;
 mod keys;
 mod large_body;
 mod local;
+mod messages;
 mod model_field;
 mod report;
 mod respond;
@@ -66,9 +67,17 @@ fn choose(ctx: &mut RequestCtx) -> Result<crate::deployment::Deployment> {
         // `select` may claim an endpoint's trial: only call it to send.
         let max = ctx.max_attempts();
         let affinity = ctx.affinity;
+        let unfit = messages::unfit(ctx.anthropic, pool);
         let chosen = ctx.attempts.with_tried(|tried| {
+            let left_out;
+            let excluded = if unfit.is_empty() {
+                tried
+            } else {
+                left_out = [tried, &unfit].concat();
+                &left_out
+            };
             (tried.len() < max)
-                .then(|| pool.select(tried, affinity).cloned())
+                .then(|| pool.select(excluded, affinity).cloned())
                 .flatten()
         });
         if let Some(d) = chosen {
@@ -115,6 +124,7 @@ impl Gateway {
     ) -> Result<bool> {
         let req = session.req_header();
         ctx.request_id = Some(request_id::for_request(req.headers.get(request_id::HEADER)));
+        ctx.anthropic = messages::Route::of(req);
         let settings = &routes.settings;
         access::check_head_size(req, settings.max_header_bytes)?;
         access::authorize(&settings.auth, req, ctx)?;
@@ -148,6 +158,9 @@ impl Gateway {
         }
         let original = body::read(session, settings.max_body_bytes, settings.body_deadline).await?;
         ctx.body = original.clone();
+        if ctx.anthropic == Some(messages::Route::Messages) {
+            ctx.chat = Some(messages::parse(&original)?);
+        }
         let target::Routed {
             target,
             force_usage,
@@ -155,6 +168,9 @@ impl Gateway {
             model_field,
         } = target::decide(session, routes, &original)?;
         ctx.model_field = model_field;
+        if let Target::Model { model, pool } = &target {
+            messages::check_servable(ctx.anthropic, model, pool)?;
+        }
         if let Some(client) = client {
             access::check_model(client, &target, settings.auth.hide_unlisted_models)?;
             access::admit(client, &settings.limiter, ctx).await?;
@@ -227,6 +243,8 @@ impl ProxyHttp for Gateway {
             ctx.affinity = route.affinity;
             ctx.model_field = route.model_field.clone();
             ctx.body = route.body.clone();
+            ctx.anthropic = route.anthropic;
+            ctx.chat = route.chat.clone();
             let body_len = route.body.len();
             // Its request head is a copy of the client's as received: when the body was
             // rewritten for a fallback model, its length is not the client's.
@@ -272,10 +290,17 @@ impl ProxyHttp for Gateway {
                 // deployment may know it by another id.
                 let model = ctx.model().unwrap_or_default();
                 let renamed = Some(&chosen.upstream_model).filter(|id| ***id != *model);
-                ctx.attempt_body = renamed.and_then(|id| {
-                    let body = ctx.body_override.as_ref().unwrap_or(&ctx.body);
-                    ctx.model_field.rename(body, id).map(|(renamed, _)| renamed)
-                });
+                let translated = ctx
+                    .chat
+                    .as_ref()
+                    .filter(|_| messages::translates(&chosen.upstream.endpoint));
+                ctx.attempt_body = match translated {
+                    Some(chat) => Some(chat.body(&chosen.upstream_model)),
+                    None => renamed.and_then(|id| {
+                        let body = ctx.body_override.as_ref().unwrap_or(&ctx.body);
+                        ctx.model_field.rename(body, id).map(|(renamed, _)| renamed)
+                    }),
+                };
                 ctx.attempts.push(&chosen.upstream, Some(&chosen));
                 ctx.deployment = Some(chosen.state.clone());
                 chosen.upstream
@@ -366,6 +391,10 @@ impl ProxyHttp for Gateway {
                 header.remove_header(&http::header::CONTENT_LENGTH);
             }
         }
+        ctx.answer = match (&ctx.chat, ctx.translating()) {
+            (Some(chat), true) => Some(messages::Answer::for_head(header, chat.reply())?),
+            _ => None,
+        };
         if let Some(name) = &ep.name_header {
             header.insert_header(ENDPOINT_HEADER, name.clone())?;
         }
@@ -401,6 +430,9 @@ impl ProxyHttp for Gateway {
             .current
             .as_ref()
             .ok_or_else(|| ErrorKind::Internal.err("no upstream chosen"))?;
+        if ctx.translating() {
+            messages::to_chat_head(req)?;
+        }
         upstream.endpoint.rewrite_request(req)?;
         if !ctx.overhead_recorded {
             ctx.overhead_recorded = true;
@@ -466,6 +498,9 @@ impl ProxyHttp for Gateway {
         if let Some(strip) = &mut ctx.strip_usage {
             strip.filter(body, end_of_stream);
         }
+        if let Some(answer) = &mut ctx.answer {
+            answer.filter(body, end_of_stream)?;
+        }
         Ok(None)
     }
 
@@ -515,7 +550,10 @@ impl ProxyHttp for Gateway {
                     .response_written()
                     .is_some_and(failover::is_event_stream);
             if let (true, Some(r)) = (cut_stream, &rendered) {
-                let event = respond::stream_error_event(r, ctx.model());
+                let event = match ctx.anthropic {
+                    Some(_) => messages::stream_error_event(r, ctx.model()),
+                    None => respond::stream_error_event(r, ctx.model()),
+                };
                 if let Err(write_err) = session.write_response_body(Some(event), true).await {
                     log::debug!("could not send the stream error event: {write_err}");
                 }
@@ -541,9 +579,11 @@ impl ProxyHttp for Gateway {
             _ => Vec::new(),
         };
         let id = ctx.request_id.as_ref();
-        if let Err(write_err) =
-            respond::json_with(session, status, rendered.body(), id, &extra).await
-        {
+        let body = match ctx.anthropic {
+            Some(_) => messages::error_body(&rendered),
+            None => rendered.body(),
+        };
+        if let Err(write_err) = respond::json_with(session, status, body, id, &extra).await {
             log::debug!("could not send error response: {write_err}");
         } else if rendered.kind == ErrorKind::BodyTooLarge {
             body::discard_rest(session).await;

@@ -67,18 +67,24 @@ async fn write(
     session.write_response_body(Some(body), true).await
 }
 
+/// What a client is told of a stream the upstream cut.
+pub fn stream_cut(r: &Rendered, model: Option<&str>) -> Rendered {
+    Rendered {
+        kind: r.kind,
+        message: format!(
+            "the upstream stream was interrupted before it finished ({}){}",
+            r.message,
+            model.map_or(String::new(), |m| format!(" (model `{m}`)"))
+        ),
+    }
+}
+
 /// The SSE event that ends a stream the upstream cut: `data: {"error": {...}}`, the shape both
 /// OpenAI SDKs raise on (Python `APIError`, Node `APIError`), with no `[DONE]` after it.
 pub fn stream_error_event(r: &Rendered, model: Option<&str>) -> Bytes {
-    let mut r = r.clone();
-    r.message = format!(
-        "the upstream stream was interrupted before it finished ({}){}",
-        r.message,
-        model.map_or(String::new(), |m| format!(" (model `{m}`)"))
-    );
     let mut event = Vec::with_capacity(256);
     event.extend_from_slice(b"data: ");
-    event.extend_from_slice(&r.body());
+    event.extend_from_slice(&stream_cut(r, model).body());
     event.extend_from_slice(b"\n\n");
     Bytes::from(event)
 }

@@ -23,6 +23,8 @@ const MODEL_ROUTES: &[&str] = &[
     "/v1/completions",
     "/v1/embeddings",
     "/v1/responses",
+    "/v1/messages",
+    "/v1/messages/count_tokens",
 ];
 
 /// Where a request goes, as its body says.
