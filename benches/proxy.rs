@@ -248,11 +248,11 @@ fn order(n: usize, point: usize) -> impl Iterator<Item = usize> {
 /// One small request through each system: a misconfiguration fails here, not as a table of
 /// errors.
 fn preflight(rt: &Runtime, lab: &Lab) -> Result<(), String> {
-    let req = client::chat_request(client::chat_body(1024, false), None);
     for s in &lab.systems {
+        let req = client::request(s.api, 1024, false, None);
         let r = rt.block_on(async {
             let mut sender = client::connect(s.addr).await?;
-            client::exchange_timed(&mut sender, req.clone()).await
+            client::exchange_timed(&mut sender, req).await
         });
         if let Err(f) = r {
             let log = s.proc().map(|p| p.log_tail(20)).unwrap_or_default();
@@ -272,10 +272,10 @@ fn latency_point(
     opts: &Opts,
     point: usize,
 ) {
-    let req = client::chat_request(client::chat_body(opts.small_body, false), None);
     let mut rounds = vec![Vec::new(); lab.systems.len()];
     for (round, i) in interleaved(lab.systems.len(), point, opts.rounds) {
         let s = &mut lab.systems[i];
+        let req = client::request(s.api, opts.small_body, false, None);
         let r = rt.block_on(latency::run(
             s.addr,
             &req,
@@ -326,19 +326,13 @@ fn throughput_point(
     dur: Duration,
     cpu_load: Option<Load>,
 ) {
-    let req = client::chat_request(client::chat_body(load.body, false), None);
     let mut rounds = vec![Vec::new(); lab.systems.len()];
     let mut cpu_total = vec![0.0; lab.systems.len()];
     for (round, i) in interleaved(lab.systems.len(), point, opts.rounds) {
         let s = &mut lab.systems[i];
+        let req = client::request(s.api, load.body, false, None);
         let cpu0 = procstat::cpu_seconds(s.pids());
-        let r = rt.block_on(throughput::run(
-            s.addr,
-            req.clone(),
-            load.conc,
-            opts.warmup,
-            dur,
-        ));
+        let r = rt.block_on(throughput::run(s.addr, req, load.conc, opts.warmup, dur));
         let cpu = procstat::cpu_seconds(s.pids()) - cpu0;
         cpu_total[i] += cpu;
         println!(
@@ -382,13 +376,13 @@ fn stream_point(
     ramp: StreamRamp,
     sample_rss: bool,
 ) {
-    let req = client::chat_request(client::chat_body(opts.small_body, true), Some(ramp.pace));
     for i in order(lab.systems.len(), point) {
         std::thread::sleep(BETWEEN_STREAM_RUNS);
         let s = &mut lab.systems[i];
+        let req = client::request(s.api, opts.small_body, true, Some(ramp.pace));
         let sampler =
             (sample_rss && s.is_proxy()).then(|| procstat::Sampler::start(s.pids().to_vec()));
-        let r = rt.block_on(streams::run(s.addr, req.clone(), n, ramp.window, ramp.pace));
+        let r = rt.block_on(streams::run(s.addr, req, n, ramp.window, ramp.pace));
         if let Some(sampler) = sampler {
             let peaks = sampler.finish();
             res[i].rss_peak_kib = Some((peaks.rss_kib, n));

@@ -104,11 +104,41 @@ pub fn chat_body(size: usize, stream: bool) -> Bytes {
     let head = r#"{"messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":""#;
     let tail =
         format!(r#""}}],"temperature":0.7,"max_tokens":256,"stream":{stream},"model":"{MODEL}"}}"#);
+    filled(head, &tail, size)
+}
+
+/// The client API a system is driven through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Api {
+    /// `POST /v1/chat/completions` (every system but one).
+    Chat,
+    /// `POST /v1/messages`, Anthropic's API, which the gateway translates (`ai-proxy-messages`).
+    Messages,
+}
+
+/// The request of a point for a system driven through `api`: a body of `size` bytes.
+pub fn request(api: Api, size: usize, stream: bool, pace: Option<Pace>) -> Request<ReqBody> {
+    match api {
+        Api::Chat => chat_request("/v1/chat/completions", chat_body(size, stream), pace),
+        Api::Messages => chat_request("/v1/messages", messages_body(size, stream), pace),
+    }
+}
+
+/// A Messages request body of exactly `size` bytes (when `size` is above the fixed parts): the
+/// chat body's conversation as Anthropic's SDKs send it, `model` last as well.
+pub fn messages_body(size: usize, stream: bool) -> Bytes {
+    let head = r#"{"system":"You are a helpful assistant.","messages":[{"role":"user","content":""#;
+    let tail =
+        format!(r#""}}],"temperature":0.7,"max_tokens":256,"stream":{stream},"model":"{MODEL}"}}"#);
+    filled(head, &tail, size)
+}
+
+fn filled(head: &str, tail: &str, size: usize) -> Bytes {
     let fill = size.saturating_sub(head.len() + tail.len());
     let mut s = String::with_capacity(size.max(head.len() + tail.len()));
     s.push_str(head);
     s.extend("lorem ipsum dolor sit amet ".chars().cycle().take(fill));
-    s.push_str(&tail);
+    s.push_str(tail);
     Bytes::from(s)
 }
 
@@ -119,12 +149,13 @@ pub struct Pace {
     pub interval: Duration,
 }
 
-/// `POST /v1/chat/completions` with `body`; built once per point and cloned per request
-/// (a clone shares the body bytes; only the small header map is copied).
-pub fn chat_request(body: Bytes, pace: Option<Pace>) -> Request<ReqBody> {
+/// `POST path` with `body`; built once per point and cloned per request (a clone shares the
+/// body bytes; only the small header map is copied).
+fn chat_request(path: &str, body: Bytes, pace: Option<Pace>) -> Request<ReqBody> {
     // Every system gets the client key, as OpenAI SDKs always send one; only
-    // `ai-proxy-auth` checks it.
-    let mut b = Request::post("/v1/chat/completions")
+    // `ai-proxy-auth` checks it. Anthropic's SDKs send their version as well.
+    let mut b = Request::post(path)
+        .header("anthropic-version", "2023-06-01")
         .header(HOST, "localhost")
         .header(AUTHORIZATION, CLIENT_KEY_HEADER)
         .header(CONTENT_TYPE, "application/json")

@@ -7,18 +7,24 @@
 use std::time::Duration;
 
 /// The systems the bench knows, in their default order.
-pub const ALL_SYSTEMS: [&str; 6] = [
+pub const ALL_SYSTEMS: [&str; 7] = [
     "direct",
     "ai-proxy",
     "nginx",
     "ai-proxy-bare",
     "ai-proxy-auth",
     "ai-proxy-redis",
+    "ai-proxy-messages",
 ];
 
 /// Run only when asked for by name, to measure a feature's cost beside the default
 /// `ai-proxy`: the gateway with metrics and access log off, and with client keys.
-const OPT_IN: [&str; 3] = ["ai-proxy-bare", "ai-proxy-auth", "ai-proxy-redis"];
+const OPT_IN: [&str; 4] = [
+    "ai-proxy-bare",
+    "ai-proxy-auth",
+    "ai-proxy-redis",
+    "ai-proxy-messages",
+];
 
 pub const USAGE: &str = "\
 usage: cargo bench --bench proxy [-- OPTIONS]
@@ -27,11 +33,13 @@ usage: cargo bench --bench proxy [-- OPTIONS]
   --streams N[,M..]  concurrent stream counts to run (default 1000,10000)
   --stream-window N  streams connecting / awaiting their head at once (default: 3/4 of the
                      mock's listen backlog)
-  --systems A[,B..]  subset of direct,ai-proxy,nginx,ai-proxy-bare,ai-proxy-auth,ai-proxy-redis
+  --systems A[,B..]  subset of direct,ai-proxy,nginx,ai-proxy-bare,ai-proxy-auth,ai-proxy-redis,
+                     ai-proxy-messages
                      (default: the first three; nginx only if on PATH; ai-proxy-bare = metrics
                      and access log off; ai-proxy-auth = 100 client keys, an allowlist and
                      per-process limits checked; ai-proxy-redis = the same limits shared in a
-                     redis-server the bench starts)
+                     redis-server the bench starts; ai-proxy-messages = ai-proxy driven
+                     through Anthropic's POST /v1/messages, translated to chat completions)
   --rounds N         run the latency and throughput points N times, the systems interleaved,
                      and report each value's median (default 1): for ratios within a few %
   --baseline PATH    also run the gateway binary at PATH (say, a release build of an earlier

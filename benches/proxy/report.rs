@@ -84,6 +84,10 @@ fn describe(name: &str, cx: &Context) -> String {
             "ai-proxy-redis = → gateway ({} threads; as ai-proxy-auth, the limits shared in a redis-server, whose CPU and RSS count in the process rows; a request waits for one script call, its end is recorded without waiting) → mock",
             cx.machine.cores
         ),
+        "ai-proxy-messages" => format!(
+            "ai-proxy-messages = → gateway ({} threads; as ai-proxy, the same requests sent as Anthropic Messages to /v1/messages, translated to chat completions and back) → mock",
+            cx.machine.cores
+        ),
         "baseline" => {
             "baseline = → the `--baseline` gateway binary, ai-proxy's config → mock".to_string()
         }

@@ -34,6 +34,8 @@ const CONNECT_PHASE: Duration = Duration::from_secs(60);
 /// Gaps kept per stream for the distribution (more are counted, not kept).
 const MAX_GAPS: usize = 64;
 const DONE: &[u8] = b"data: [DONE]\n\n";
+/// How an Anthropic Messages stream ends (`ai-proxy-messages`).
+const MESSAGE_STOP: &[u8] = b"data: {\"type\":\"message_stop\"}\n\n";
 
 #[derive(Clone, Debug, Default)]
 pub struct StreamResult {
@@ -251,8 +253,8 @@ async fn stream(
     let mut events = 0usize;
     let mut last_event: Option<Instant> = None;
     let mut prev_newline = false;
-    // The last bytes received, to check the stream ended with `[DONE]`.
-    let mut tail = [0u8; DONE.len()];
+    // The last bytes received, to check the stream ended with `[DONE]` (or `message_stop`).
+    let mut tail = [0u8; MESSAGE_STOP.len()];
     // Bounded by the stream: the body ends at its last chunk (and by STREAM_TIMEOUT).
     while let Some(frame) = body.frame().await {
         let frame = match frame {
@@ -287,8 +289,8 @@ async fn stream(
         }
         keep_tail(&mut tail, data);
     }
-    // Every content event, then `data: [DONE]`.
-    if events > pace.events && tail == DONE {
+    // Every content event, then `data: [DONE]` (or Anthropic's `message_stop`).
+    if events > pace.events && (tail.ends_with(DONE) || tail.ends_with(MESSAGE_STOP)) {
         o.result = Ok(());
     }
     o

@@ -6,6 +6,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use crate::client::Api;
 use crate::machine::{self, Machine};
 use crate::nginx::{self, NginxConf};
 use crate::opts::Opts;
@@ -29,6 +30,8 @@ pub struct System {
     proc: Option<Proc>,
     /// Every PID of the proxy (nginx: master and workers), for CPU and RSS.
     pids: Vec<u32>,
+    /// The client API its requests use.
+    pub api: Api,
 }
 
 impl System {
@@ -119,6 +122,7 @@ impl Lab {
                 addr: mock_addr,
                 proc: None,
                 pids: Vec::new(),
+                api: Api::Chat,
             });
         }
         let redis = if opts.wants("ai-proxy-redis") {
@@ -137,6 +141,11 @@ impl Lab {
             ),
             (opts.wants("ai-proxy-bare"), Observability::Off, gateway),
             (opts.wants("ai-proxy-auth"), Observability::Auth, gateway),
+            (
+                opts.wants("ai-proxy-messages"),
+                Observability::Messages,
+                gateway,
+            ),
         ];
         let shared = redis
             .as_ref()
@@ -196,6 +205,8 @@ enum Observability {
     /// As `Auth`, the limits shared in the Redis at this address.
     Redis(SocketAddr),
     Off,
+    /// As `On`, driven through Anthropic's Messages API (translated to chat completions).
+    Messages,
 }
 
 /// `ai-proxy-auth`'s `auth:` section: 100 keys, the bench's with a model allowlist (a glob)
@@ -226,6 +237,7 @@ fn start_gateway(
     let addr = local(process::free_port()?);
     let (name, extra) = match obs {
         Observability::On => ("ai-proxy", String::new()),
+        Observability::Messages => ("ai-proxy-messages", String::new()),
         Observability::Baseline => ("baseline", String::new()),
         Observability::Auth => ("ai-proxy-auth", auth_section()),
         Observability::Redis(redis) => (
@@ -259,6 +271,11 @@ fn start_gateway(
         addr,
         pids: vec![proc.pid()],
         proc: Some(proc),
+        api: if obs == Observability::Messages {
+            Api::Messages
+        } else {
+            Api::Chat
+        },
     })
 }
 
@@ -336,6 +353,7 @@ fn start_nginx(bin: &Path, dir: &Path, mock: SocketAddr, m: &Machine) -> Result<
         name: "nginx",
         addr,
         pids,
+        api: Api::Chat,
         proc: Some(proc),
     })
 }
