@@ -1,6 +1,7 @@
-//! Response bodies of the mock upstream: a full buffer, or a lazily generated SSE stream that paces,
-//! flushes and records each event and notices when the connection drops it early. Either can be
-//! cut short by a fault (see [`Cut`]).
+//! Response bodies of the mock upstream: a full buffer, or an SSE stream (generated lazily from a
+//! completion, or given as frames: a script, a native Anthropic stream) that paces, flushes and
+//! records each event and notices when the connection drops it early. Either can be cut short by
+//! a fault or a script (see [`Cut`]).
 
 use std::future::Future;
 use std::io;
@@ -112,9 +113,34 @@ enum Phase {
     End,
 }
 
-/// An SSE stream generated one event at a time.
+/// What an SSE stream sends.
+pub(crate) enum Events {
+    /// A completion's events, rendered one at a time.
+    Generated(Completion),
+    /// These content frames, then the final one (`[DONE]`, or Anthropic's `message_stop`).
+    Frames { frames: Vec<Bytes>, last: Bytes },
+}
+
+impl Events {
+    fn content_events(&self) -> usize {
+        match self {
+            Events::Generated(c) => c.events,
+            Events::Frames { frames, .. } => frames.len(),
+        }
+    }
+
+    fn has_created(&self) -> bool {
+        matches!(self, Events::Generated(c) if c.endpoint == Endpoint::Responses)
+    }
+
+    fn has_usage(&self) -> bool {
+        matches!(self, Events::Generated(c) if c.include_usage && c.endpoint != Endpoint::Responses)
+    }
+}
+
+/// An SSE stream sent one event at a time.
 pub(crate) struct SseBody {
-    completion: Completion,
+    events: Events,
     interval: Duration,
     phase: Phase,
     sleep: Option<Pin<Box<Sleep>>>,
@@ -132,17 +158,17 @@ pub(crate) struct SseBody {
 
 impl SseBody {
     pub(crate) fn new(
-        completion: Completion,
+        events: Events,
         interval: Duration,
         record: Option<Arc<Mutex<StreamRecord>>>,
     ) -> Self {
-        let phase = if completion.endpoint == Endpoint::Responses {
+        let phase = if events.has_created() {
             Phase::Created
         } else {
             Phase::Content(0)
         };
         let mut body = SseBody {
-            completion,
+            events,
             interval,
             phase,
             sleep: None,
@@ -180,7 +206,7 @@ impl SseBody {
     }
 
     fn after_content(&self) -> Phase {
-        if self.completion.include_usage && self.completion.endpoint != Endpoint::Responses {
+        if self.events.has_usage() {
             Phase::Usage
         } else {
             Phase::Final
@@ -189,7 +215,7 @@ impl SseBody {
 
     fn normalize(&self, p: Phase) -> Phase {
         match p {
-            Phase::Content(i) if i >= self.completion.events => self.after_content(),
+            Phase::Content(i) if i >= self.events.content_events() => self.after_content(),
             p => p,
         }
     }
@@ -212,7 +238,16 @@ impl SseBody {
     }
 
     fn render(&self) -> Bytes {
-        let c = &self.completion;
+        let c = match &self.events {
+            Events::Generated(c) => c,
+            Events::Frames { frames, last } => {
+                return match self.phase {
+                    Phase::Content(i) => frames.get(i).cloned().unwrap_or_default(),
+                    Phase::Final => last.clone(),
+                    Phase::Created | Phase::Usage | Phase::End => Bytes::new(),
+                }
+            }
+        };
         let responses = c.endpoint == Endpoint::Responses;
         match self.phase {
             Phase::Created => c.responses_created(),

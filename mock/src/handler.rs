@@ -1,4 +1,5 @@
-//! Request handling of the mock upstream: recording, faults, per-request overrides, routing and answers.
+//! Request handling of the mock upstream: recording, faults, scripted answers, per-request
+//! overrides, routing and answers.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -11,8 +12,10 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde_json::Value;
 
-use super::body::{MockBody, SseBody};
+use super::anthropic;
+use super::body::{Events, MockBody, SseBody};
 use super::fault::{ConnCtl, Cut, CutTail, Fault, OCF_ERROR_BODY};
+use super::script::{self, Script};
 use super::shapes::{self, Completion, Endpoint};
 use super::{lock, InFlight, MockKind, RecordedRequest, Shared, StreamRecord};
 
@@ -25,6 +28,8 @@ struct Overrides {
     events: usize,
     interval: Duration,
     status: Option<StatusCode>,
+    /// The answer may be a queued script: no fault replaces it (a fault that cuts it may).
+    may_script: bool,
 }
 
 fn header_u64(headers: &HeaderMap, name: &str) -> Option<u64> {
@@ -46,6 +51,7 @@ impl Overrides {
             status: header_u64(headers, "x-mock-status")
                 .filter(|s| (300..=599).contains(s))
                 .and_then(|s| StatusCode::from_u16(s as u16).ok()),
+            may_script: true,
         }
     }
 }
@@ -200,6 +206,11 @@ async fn answer(
         _ => None,
     };
     let mut ov = Overrides::new(shared, &parts.headers);
+    // A script is kept for a later request when a fault answers this one in its place.
+    ov.may_script = match &fault {
+        None | Some(Fault::ResetAfter { .. } | Fault::StallAfter { .. }) => true,
+        Some(_) => false,
+    };
     if let Some(cache) = &shared.prefix_cache {
         let asked = parts.headers.contains_key("x-mock-delay-ms");
         if parts.method == Method::POST && !asked {
@@ -231,11 +242,18 @@ async fn answer(
     if let (MockBody::Sse(sse), Some(in_flight)) = (resp.body_mut(), in_flight) {
         sse.hold(in_flight);
     }
-    match fault {
-        Some(fault) => faulty(shared, conn, &fault, resp),
-        None => resp,
+    let script_cut = resp.extensions_mut().remove::<ScriptCut>();
+    match (fault, script_cut) {
+        (Some(fault), _) => faulty(shared, conn, &fault, resp),
+        (None, Some(ScriptCut(events))) => cut(resp, events, CutTail::Reset(conn)),
+        (None, None) => resp,
     }
 }
+
+/// Marks a scripted stream to be reset after this many events (`Script::Sse::reset_after`);
+/// applied by `answer`, which holds the connection.
+#[derive(Clone, Copy)]
+struct ScriptCut(usize);
 
 /// Marks an answer that must not be sent: the connection is dropped instead (reset when its
 /// `ConnCtl` asked for it).
@@ -350,10 +368,16 @@ fn route(
         let text = serde_json::json!({ "text": format!("transcribed by {}", shared.name) });
         return json_ok(shared, Bytes::from(text.to_string()));
     }
-    match Endpoint::from_path(inference_path) {
-        Some(endpoint) if method == Method::POST => {
-            inference(shared, endpoint, path_and_query, body, ov, n)
+    if let Some(route) = anthropic::Route::from_path(inference_path) {
+        if method != Method::POST {
+            return method_not_allowed(shared, method, path);
         }
+        return scripted(shared, path_and_query, ov)
+            .unwrap_or_else(|| messages(shared, route, path_and_query, body, ov));
+    }
+    match Endpoint::from_path(inference_path) {
+        Some(endpoint) if method == Method::POST => scripted(shared, path_and_query, ov)
+            .unwrap_or_else(|| inference(shared, endpoint, path_and_query, body, ov, n)),
         Some(_) => method_not_allowed(shared, method, path),
         None => not_found(shared, path),
     }
@@ -386,6 +410,80 @@ fn dnt_table(shared: &Shared) -> Response<MockBody> {
     json_ok(shared, table)
 }
 
+/// The first queued script as the answer, if there is one and this request may take it.
+fn scripted(
+    shared: &Arc<Shared>,
+    path_and_query: &str,
+    ov: &Overrides,
+) -> Option<Response<MockBody>> {
+    if !ov.may_script {
+        return None;
+    }
+    let script = lock(&shared.scripts).pop_front()?;
+    Some(match script {
+        Script::Json { status, body } => {
+            // hyper cannot send a 1xx as the final answer.
+            let code = StatusCode::from_u16(status)
+                .ok()
+                .filter(|s| (200..=599).contains(&s.as_u16()))
+                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            respond(shared, code, JSON, Bytes::from(body))
+        }
+        Script::Sse {
+            events,
+            reset_after,
+        } => {
+            let (frames, last) = script::sse_frames(&events);
+            let events = Events::Frames { frames, last };
+            let mut resp = sse_response(shared, path_and_query, events, ov.interval);
+            if let Some(n) = reset_after {
+                resp.extensions_mut().insert(ScriptCut(n));
+            }
+            resp
+        }
+    })
+}
+
+/// The request body as a JSON object, or why it is not one.
+fn json_object(body: &Bytes) -> Result<Value, String> {
+    match serde_json::from_slice(body) {
+        Ok(v @ Value::Object(_)) => Ok(v),
+        Ok(_) => Err("request body must be a JSON object".to_string()),
+        Err(e) => Err(format!("request body is not valid JSON: {e}")),
+    }
+}
+
+/// The mock's 400 answer to a body that is not a JSON object.
+fn bad_body(shared: &Shared, why: &str) -> Response<MockBody> {
+    error(shared, StatusCode::BAD_REQUEST, why, "invalid_json")
+}
+
+/// Anthropic's Messages API, natively: the fixed message (JSON or stream), or a token count.
+fn messages(
+    shared: &Arc<Shared>,
+    route: anthropic::Route,
+    path_and_query: &str,
+    body: &Bytes,
+    ov: &Overrides,
+) -> Response<MockBody> {
+    let req = match json_object(body) {
+        Ok(v) => v,
+        Err(why) => return bad_body(shared, &why),
+    };
+    match route {
+        anthropic::Route::CountTokens => json_ok(shared, anthropic::count_tokens_json(&req)),
+        anthropic::Route::Messages if req["stream"] == Value::Bool(true) => {
+            let (frames, last) = anthropic::sse_frames();
+            let events = Events::Frames { frames, last };
+            sse_response(shared, path_and_query, events, ov.interval)
+        }
+        anthropic::Route::Messages => json_ok(
+            shared,
+            Bytes::from_static(anthropic::MESSAGE_JSON.as_bytes()),
+        ),
+    }
+}
+
 fn inference(
     shared: &Arc<Shared>,
     endpoint: Endpoint,
@@ -394,20 +492,9 @@ fn inference(
     ov: &Overrides,
     n: usize,
 ) -> Response<MockBody> {
-    let req: Value = match serde_json::from_slice(body) {
-        Ok(v @ Value::Object(_)) => v,
-        Ok(_) => {
-            return error(
-                shared,
-                StatusCode::BAD_REQUEST,
-                "request body must be a JSON object",
-                "invalid_json",
-            )
-        }
-        Err(e) => {
-            let msg = format!("request body is not valid JSON: {e}");
-            return error(shared, StatusCode::BAD_REQUEST, &msg, "invalid_json");
-        }
+    let req = match json_object(body) {
+        Ok(v) => v,
+        Err(why) => return bad_body(shared, &why),
     };
     let model = req
         .get("model")
@@ -431,7 +518,21 @@ fn inference(
     if !stream || endpoint == Endpoint::Embeddings {
         return json_ok(shared, completion.full_json(&req));
     }
+    sse_response(
+        shared,
+        path_and_query,
+        Events::Generated(completion),
+        ov.interval,
+    )
+}
 
+/// A 200 `text/event-stream` answer sending `events` (recorded as a stream when recording).
+fn sse_response(
+    shared: &Arc<Shared>,
+    path_and_query: &str,
+    events: Events,
+    interval: Duration,
+) -> Response<MockBody> {
     let record = shared.record.then(|| {
         let rec = Arc::new(Mutex::new(StreamRecord {
             path: path_and_query.to_string(),
@@ -444,7 +545,7 @@ fn inference(
         lock(&shared.streams).push(rec.clone());
         rec
     });
-    let body = SseBody::new(completion, ov.interval, record);
+    let body = SseBody::new(events, interval, record);
     let mut resp = Response::new(MockBody::Sse(Box::new(body)));
     let h = resp.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));

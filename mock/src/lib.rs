@@ -14,6 +14,7 @@
 //! server.set_models(vec) / server.set_dnt_table(Option<Bytes>) / server.set_discovery_failing(bool)
 //! server.set_fault(Option<Fault>) / server.fault()                   inference misbehaviour
 //! server.set_fault_times(Option<Fault>, n)                          ... for the next n only
+//! server.push_script(Script) / server.scripts_left() / server.clear_scripts()   exact answers, FIFO
 //! server.requests() -> Vec<RecordedRequest> / server.request_count() / server.streams() -> Vec<StreamRecord>
 //! server.in_flight() / server.peak_in_flight() / server.reset_peak_in_flight()   POSTs being answered
 //! server.clear_records()
@@ -28,6 +29,8 @@
 //! | `GET /v1/models` | both (ocf also under `/v1/service/llm`) | OpenAI model list; 500 while discovery is failing |
 //! | `GET /v1/dnt/table` | ocf | configured bytes verbatim, or a generated table; 500 while discovery is failing |
 //! | `POST /v1/chat/completions`, `/v1/completions`, `/v1/embeddings`, `/v1/responses` | openai | completion (JSON or SSE) |
+//! | `POST /v1/messages` | openai (ocf under its prefix) | Anthropic's fixed message: [`anthropic::MESSAGE_JSON`], or the events [`anthropic::MESSAGE_SSE`] with `"stream": true` |
+//! | `POST /v1/messages/count_tokens` | openai (ocf under its prefix) | `{"input_tokens":N}`, N from [`anthropic::input_tokens`] |
 //! | `POST /v1/service/llm/v1/...` (same four) | ocf | same; the unprefixed paths are 404 on an ocf mock |
 //!
 //! Unknown paths answer 404 and wrong methods 405, both with an OpenAI error JSON body. A request body
@@ -39,6 +42,23 @@
 //! Chat/completions streams end with an optional usage chunk (`stream_options.include_usage`; every
 //! other chunk then has `"usage": null`, as OpenAI sends them) and `data: [DONE]`; `/v1/responses` streams send `response.created`, one `response.output_text.delta`
 //! per event and `response.completed` (which counts as finished; there is no `[DONE]`).
+//!
+//! Scripted answers ([`Script`], `push_script`): a FIFO of exact answers. The next POST to an
+//! inference route of the table (chat, completions, embeddings, responses, messages, count_tokens)
+//! takes the first one, whatever it asked, instead of the generated answer:
+//!
+//! | script | answer |
+//! |---|---|
+//! | `Script::json(&value)`, `Script::Json { status, body }` | that status, `application/json`, exactly that body |
+//! | `Script::sse([values])`, `Script::sse_raw([strings])` | 200 `text/event-stream`: `data: <payload>\n\n` per payload, one frame each (paced by `sse_interval`), then `data: [DONE]\n\n`; recorded in `streams()` |
+//! | `... .reset_after(n)` (streams) | the first n events, then a TCP reset instead of `[DONE]` |
+//!
+//! A fault that replaces the answer (`Hang`, `Status`, `OcfError`, `Reply`, `ResetBeforeHead`) leaves
+//! the queue untouched; `ResetAfter` / `StallAfter` cut the scripted answer as they cut a generated one.
+//!
+//! Native Anthropic (`/v1/messages`): the answer's bytes are fixed, whatever the model asked for
+//! ([`anthropic::MODEL`]), so that a test can compare what a gateway passed through byte for byte
+//! (the stream with [`anthropic::message_sse`]). Errors on every route are OpenAI-shaped.
 //!
 //! Per-request overrides (request headers): `x-mock-delay-ms` (delay before response headers),
 //! `x-mock-events` (content events / completion tokens), `x-mock-interval-ms` (pause between
@@ -66,17 +86,21 @@
 //! is built, or, for a stream, until the stream body is dropped (finished, or its client gone);
 //! the peak is the most counted at once since the start or `reset_peak_in_flight()`.
 
+pub mod anthropic;
 mod body;
 mod fault;
 mod handler;
 mod prefix_cache;
+mod script;
 mod shapes;
 mod tls;
 
 pub use fault::Fault;
 pub use prefix_cache::PrefixCache;
+pub use script::Script;
 pub use tls::MockTls;
 
+use std::collections::VecDeque;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -300,6 +324,8 @@ pub(crate) struct Shared {
     pub(crate) fault_model: RwLock<Option<String>>,
     /// How many more requests the fault applies to (`usize::MAX`: until it is changed).
     pub(crate) fault_left: AtomicUsize,
+    /// Answers queued by `push_script`, taken by inference requests in order.
+    pub(crate) scripts: Mutex<VecDeque<Script>>,
     pub(crate) count: AtomicUsize,
     pub(crate) requests: Mutex<Vec<RecordedRequest>>,
     pub(crate) streams: Mutex<Vec<Arc<Mutex<StreamRecord>>>>,
@@ -432,6 +458,7 @@ impl MockServer {
             fault: RwLock::new(cfg.fault),
             fault_model: RwLock::new(None),
             fault_left: AtomicUsize::new(usize::MAX),
+            scripts: Mutex::new(VecDeque::new()),
             count: AtomicUsize::new(0),
             requests: Mutex::new(Vec::new()),
             streams: Mutex::new(Vec::new()),
@@ -532,6 +559,22 @@ impl MockServer {
     /// The fault currently applied to inference requests.
     pub fn fault(&self) -> Option<Fault> {
         self.shared.fault()
+    }
+
+    /// Queue this exact answer: the next inference request that finds it first in the queue
+    /// answers it instead of the generated answer (see [`Script`] and the crate docs).
+    pub fn push_script(&self, script: Script) {
+        lock(&self.shared.scripts).push_back(script);
+    }
+
+    /// Scripts queued and not taken yet.
+    pub fn scripts_left(&self) -> usize {
+        lock(&self.shared.scripts).len()
+    }
+
+    /// Forget the queued scripts: answer generated completions again.
+    pub fn clear_scripts(&self) {
+        lock(&self.shared.scripts).clear();
     }
 
     /// Snapshot of the recorded requests, in arrival order (empty when `record` is false).

@@ -68,7 +68,7 @@ pub(crate) fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-fn count_words(v: &Value, depth: usize) -> u64 {
+pub(crate) fn count_words(v: &Value, depth: usize) -> u64 {
     if depth > 32 {
         return 0;
     }

@@ -14,6 +14,7 @@
 //! - [`Load`]: clients sending requests in a loop until stopped (reload and upgrade tests)
 //! - `/metrics`: [`scrape`], [`settled_scrape`], [`delta`], [`requests`], [`tokens`]
 //! - [`RedisServer`]: a real `redis-server` child on a free port (kill, restart, raw commands)
+//! - Python SDKs: [`sdk_python`] (the venv interpreter), [`run_sdk_script`] (JSON lines out)
 
 #![allow(dead_code, unused_imports)]
 
@@ -23,6 +24,7 @@ pub mod gateway;
 pub mod load;
 pub mod metrics;
 pub mod redis;
+pub mod sdk;
 pub mod tls;
 
 use std::net::{Ipv4Addr, TcpListener};
@@ -42,8 +44,11 @@ pub use self::gateway::{run_gateway_cmd, Gateway, GatewayBuilder, GATEWAY_BIN};
 pub use self::load::{Load, Outcomes};
 pub use self::metrics::{delta, requests, scrape, settled_scrape, tokens, total_requests};
 pub use self::redis::{RedisServer, Reply};
+pub use self::sdk::{run_sdk_script, sdk_python};
 pub use self::tls::{TestCa, TlsFiles};
-pub use ai_proxy_mock::{MockConfig, MockKind, MockServer, MockTls, RecordedRequest, StreamRecord};
+pub use ai_proxy_mock::{
+    MockConfig, MockKind, MockServer, MockTls, RecordedRequest, Script, StreamRecord,
+};
 
 /// A currently free TCP port on 127.0.0.1 (bound, read, released).
 pub fn free_port() -> u16 {
