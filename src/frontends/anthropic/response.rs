@@ -121,44 +121,53 @@ struct Completion<'a> {
     usage: Option<Raw<'a>>,
 }
 
+/// A choice of a completion, or of a stream's chunk (whose `delta` is the `message` so far).
 #[derive(Deserialize)]
-struct Choice<'a> {
+pub(super) struct Choice<'a> {
     #[serde(borrow, default)]
-    message: Option<Raw<'a>>,
+    pub index: Option<Raw<'a>>,
+    #[serde(borrow, default, alias = "delta")]
+    pub message: Option<Raw<'a>>,
     #[serde(borrow, default)]
-    finish_reason: Option<Raw<'a>>,
+    pub finish_reason: Option<Raw<'a>>,
+    /// vLLM: the stop string (or token id) that ended the answer.
     #[serde(borrow, default)]
-    stop_reason: Option<Raw<'a>>,
+    pub stop_reason: Option<Raw<'a>>,
 }
 
+/// A chat message, or a stream's delta of one.
 #[derive(Default, Deserialize)]
-struct ChatMessage<'a> {
+pub(super) struct ChatMessage<'a> {
     #[serde(borrow, default)]
-    content: Option<Raw<'a>>,
+    pub content: Option<Raw<'a>>,
     /// vLLM's and DeepSeek's name for the reasoning text.
     #[serde(borrow, default)]
-    reasoning_content: Option<Raw<'a>>,
+    pub reasoning_content: Option<Raw<'a>>,
     /// Newer vLLM's and OpenRouter's.
     #[serde(borrow, default)]
-    reasoning: Option<Raw<'a>>,
+    pub reasoning: Option<Raw<'a>>,
     #[serde(borrow, default)]
-    tool_calls: Option<Raw<'a>>,
+    pub tool_calls: Option<Raw<'a>>,
 }
 
+/// A tool call, or a stream's fragment of one (which names the call by `index`).
 #[derive(Default, Deserialize)]
-struct ToolCall<'a> {
+pub(super) struct ToolCall<'a> {
     #[serde(borrow, default)]
-    id: Option<Raw<'a>>,
+    pub index: Option<Raw<'a>>,
     #[serde(borrow, default)]
-    function: Option<Raw<'a>>,
+    pub id: Option<Raw<'a>>,
+    #[serde(borrow, default)]
+    pub function: Option<Raw<'a>>,
 }
 
+/// A tool call's function; in a stream, `arguments` is a fragment of the arguments' JSON text.
 #[derive(Default, Deserialize)]
-struct Function<'a> {
+pub(super) struct Function<'a> {
     #[serde(borrow, default)]
-    name: Option<Raw<'a>>,
+    pub name: Option<Raw<'a>>,
     #[serde(borrow, default)]
-    arguments: Option<Raw<'a>>,
+    pub arguments: Option<Raw<'a>>,
 }
 
 #[derive(Serialize)]

@@ -15,7 +15,9 @@ use serde::{Deserialize, Serialize};
 use super::error::{error_event, error_message};
 use super::json::{nonempty, object, object_slice, parse, string, Raw};
 use super::request::Reply;
-use super::response::{message_id, stop_reason, usage, Usage};
+use super::response::{
+    message_id, stop_reason, usage, ChatMessage, Choice, Function, ToolCall, Usage,
+};
 
 /// An unfinished event longer than this is not the SSE expected: the stream is given up.
 const MAX_UNFINISHED: usize = 1 << 20;
@@ -165,7 +167,10 @@ impl StreamTranslator {
         if !first || self.stop.is_some() {
             return;
         }
-        let delta = choice.delta.and_then(object::<Delta>).unwrap_or_default();
+        let delta = choice
+            .message
+            .and_then(object::<ChatMessage>)
+            .unwrap_or_default();
         if let Some(thinking) = nonempty(delta.reasoning_content).or(nonempty(delta.reasoning)) {
             let index = self.block(Kind::Thinking, out);
             let delta = BlockDelta::Thinking { thinking };
@@ -183,7 +188,7 @@ impl StreamTranslator {
         }
         let calls = delta.tool_calls.and_then(parse::<Vec<Raw>>);
         for (position, raw) in calls.unwrap_or_default().into_iter().enumerate() {
-            if let Some(call) = object::<ToolDelta>(raw) {
+            if let Some(call) = object::<ToolCall>(raw) {
                 self.tool(position as u64, call, out);
             }
         }
@@ -197,11 +202,11 @@ impl StreamTranslator {
 
     /// A tool call's fragment: the first of a call opens its block (with the call's id and
     /// name), the others carry pieces of its arguments.
-    fn tool(&mut self, position: u64, call: ToolDelta<'_>, out: &mut BytesMut) {
+    fn tool(&mut self, position: u64, call: ToolCall<'_>, out: &mut BytesMut) {
         let Some(call_index) = call.index.map_or(Some(position), parse::<u64>) else {
             return;
         };
-        let function = call.function.and_then(object::<FunctionDelta>);
+        let function = call.function.and_then(object::<Function>);
         let function = function.unwrap_or_default();
         let index = match self.open {
             Some((index, Kind::Tool(open))) if open == call_index => index,
@@ -384,49 +389,6 @@ impl Chunk<'_> {
         };
         Some(message.unwrap_or_else(|| "the upstream reported an error".into()))
     }
-}
-
-#[derive(Deserialize)]
-struct Choice<'a> {
-    #[serde(borrow, default)]
-    index: Option<Raw<'a>>,
-    #[serde(borrow, default)]
-    delta: Option<Raw<'a>>,
-    #[serde(borrow, default)]
-    finish_reason: Option<Raw<'a>>,
-    #[serde(borrow, default)]
-    stop_reason: Option<Raw<'a>>,
-}
-
-#[derive(Default, Deserialize)]
-struct Delta<'a> {
-    #[serde(borrow, default)]
-    content: Option<Raw<'a>>,
-    #[serde(borrow, default)]
-    reasoning_content: Option<Raw<'a>>,
-    #[serde(borrow, default)]
-    reasoning: Option<Raw<'a>>,
-    #[serde(borrow, default)]
-    tool_calls: Option<Raw<'a>>,
-}
-
-#[derive(Deserialize)]
-struct ToolDelta<'a> {
-    #[serde(borrow, default)]
-    index: Option<Raw<'a>>,
-    #[serde(borrow, default)]
-    id: Option<Raw<'a>>,
-    #[serde(borrow, default)]
-    function: Option<Raw<'a>>,
-}
-
-#[derive(Default, Deserialize)]
-struct FunctionDelta<'a> {
-    #[serde(borrow, default)]
-    name: Option<Raw<'a>>,
-    /// A fragment of the arguments' JSON text, as a JSON string.
-    #[serde(borrow, default)]
-    arguments: Option<Raw<'a>>,
 }
 
 #[derive(Serialize)]
