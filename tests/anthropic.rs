@@ -1334,3 +1334,45 @@ async fn a_100_kib_body_works_translated_both_ways_and_natively() {
     assert_eq!(reqs[0].body.len(), body.len());
     assert_eq!(body_text(&reqs[0]), body);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Observability on the route
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn translated_answers_count_their_tokens_in_metrics() {
+    let (mock, gw) = translated().await;
+    let before = scrape(&gw).await;
+    mock.push_script(Script::json(&text_completion(
+        "four words of text",
+        "stop",
+        11,
+        4,
+    )));
+    let r = post_raw(
+        &gw,
+        "/v1/messages",
+        message_body(MODEL, "hi", false).to_string(),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    mock.push_script(Script::sse(text_stream(&["a", "b", "c"], 7, 3)));
+    let (status, _, _) = post_raw_stream(&gw, message_body(MODEL, "hi", true)).await;
+    assert_eq!(status, 200);
+    // The access log and the metrics are written once the answer has ended: settle on them.
+    let series = |kind| tokens(MODEL, "up", kind);
+    let mut after = scrape(&gw).await;
+    for _ in 0..50 {
+        if delta(&before, &after, &series("completion")) >= 7.0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        after = scrape(&gw).await;
+    }
+    assert_eq!(delta(&before, &after, &series("prompt")), 18.0, "{after:?}");
+    assert_eq!(
+        delta(&before, &after, &series("completion")),
+        7.0,
+        "{after:?}"
+    );
+}
