@@ -20,8 +20,8 @@ VERSION=0.9.1
 declare -A SHA256=(
     [pingora-core]=a535f47f65fdcb003f9e1df04cd18e614c128dfe9388acce3f211ae38ac14d68
 )
-# The patches' tests (libtest name filters: 0001, 0003, 0004, 0006, then 0002 and 0005 with
-# their modules' tests), and the features they need.
+# The patches' tests (libtest name filters: 0001, 0003, 0004, 0006, then 0002, 0005 and 0007
+# with their modules' tests), and the features they need.
 declare -A TESTS=(
     [pingora-core]="
         connectors::tests::test_unwatched_
@@ -30,7 +30,8 @@ declare -A TESTS=(
         connectors::tests::test_connect_future_is_boxed
         listeners::test::test_handshake_future_is_small
         protocols::http::v1::client::tests_stream
-        protocols::http::v1::body::tests"
+        protocols::http::v1::body::tests
+        protocols::http::v1::server::tests"
 )
 declare -A FEATURES=(
     [pingora-core]=rustls

@@ -1370,6 +1370,11 @@ impl BodyWriter {
         }
     }
 
+    /// Whether the body is written in chunks (its end is the last chunk, `0\r\n\r\n`).
+    pub fn is_chunked(&self) -> bool {
+        matches!(self.body_mode, BM::ChunkedEncoding(_))
+    }
+
     pub fn is_close_delimited(&self) -> bool {
         matches!(self.body_mode, BM::UntilClose(_))
     }

@@ -33,6 +33,10 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::body::{BodyReader, BodyWriter};
+
+/// The largest body written in the same write as its response header (or a chunked body's last
+/// data with its last chunk); a larger one is written on its own rather than copied.
+const MAX_BODY_WITH_HEADER: usize = 16 * 1024;
 use super::common::*;
 use super::header::HeaderWriter;
 use crate::protocols::http::{
@@ -1513,6 +1517,16 @@ impl HttpSession {
                     .map_err(|e| e.into_down())?;
                 end_stream
             }
+            HttpTask::Body(Some(data), true)
+                if self.body_writer.is_chunked()
+                    && !self.upgraded
+                    && data.len() <= MAX_BODY_WITH_HEADER =>
+            {
+                self.write_last_chunk(&data)
+                    .await
+                    .map_err(|e| e.into_down())?;
+                true
+            }
             HttpTask::Body(data, end_stream) => {
                 self.write_non_empty_body(data, false).await?;
                 end_stream
@@ -1530,6 +1544,17 @@ impl HttpSession {
             self.finish_body().await.map_err(|e| e.into_down())?;
         }
         Ok(end_stream || self.body_writer.finished())
+    }
+
+    /// The last data of a chunked body and its last chunk, in one write.
+    async fn write_last_chunk(&mut self, data: &[u8]) -> Result<()> {
+        let mut out = Vec::with_capacity(data.len() + 32);
+        if !data.is_empty() {
+            let written = self.body_writer.write_body(&mut out, data).await?;
+            self.body_bytes_sent += written.unwrap_or(0);
+        }
+        self.body_writer.finish(&mut out).await?;
+        self.write_flushed(&out, "writing body").await
     }
 
     fn buffer_body_data(&mut self, data: Option<Bytes>, upgraded: bool) {
@@ -1558,12 +1583,24 @@ impl HttpSession {
         }
 
         let mut end_stream = false;
-        for task in tasks.into_iter() {
+        // A header that body tasks of this batch follow is held, and written with their body.
+        let mut held = None;
+        for (i, task) in tasks.into_iter().enumerate() {
             end_stream = match task {
-                HttpTask::Header(header, end_stream) => {
-                    self.write_response_header(header)
-                        .await
-                        .map_err(|e| e.into_down())?;
+                HttpTask::Header(mut header, end_stream) => {
+                    let body_follows = i + 1 < n_tasks && !end_stream;
+                    if body_follows && !header.status.is_informational() {
+                        held = self
+                            .prepare_response_header(&mut header)
+                            .map_err(|e| e.into_down())?;
+                        if held.is_some() {
+                            self.response_written = Some(header);
+                        }
+                    } else {
+                        self.write_response_header(header)
+                            .await
+                            .map_err(|e| e.into_down())?;
+                    }
                     end_stream
                 }
                 HttpTask::Body(data, end_stream) => {
@@ -1578,6 +1615,11 @@ impl HttpSession {
                 HttpTask::Done => true,
                 HttpTask::Failed(e) => {
                     // flush the data we have and quit
+                    if let Some((header, _)) = held.take() {
+                        self.write_held_header(header, false)
+                            .await
+                            .map_err(|e| e.into_down())?;
+                    }
                     self.write_body_buf().await.map_err(|e| e.into_down())?;
                     self.underlying_stream
                         .flush()
@@ -1587,12 +1629,67 @@ impl HttpSession {
                 }
             }
         }
+        if let Some((header, _)) = held {
+            self.write_held_header(header, end_stream)
+                .await
+                .map_err(|e| e.into_down())?;
+        } else if end_stream
+            && self.body_writer.is_chunked()
+            && !self.upgraded
+            && self.body_write_buf.len() <= MAX_BODY_WITH_HEADER
+        {
+            let mut last = std::mem::take(&mut self.body_write_buf);
+            let written = self.write_last_chunk(&last).await;
+            last.clear();
+            self.body_write_buf = last;
+            written.map_err(|e| e.into_down())?;
+        }
         self.write_body_buf().await.map_err(|e| e.into_down())?;
         if end_stream {
             // no-op if body wasn't initialized or is finished already
             self.finish_body().await.map_err(|e| e.into_down())?;
         }
         Ok(end_stream || self.body_writer.finished())
+    }
+
+    /// Write a response header held by [`Self::response_duplex_vec`] and, in the same write,
+    /// the body buffered with it when it is small, framed by the body writer (with a chunked
+    /// body's last chunk when the body ends here). A header written alone is flushed at once,
+    /// as `write_response_header` flushes one without Content-Length; the same write with its
+    /// body saves a syscall and a wake-up of the client for every such response.
+    async fn write_held_header(&mut self, header: Bytes, end_stream: bool) -> Result<()> {
+        let mut out = Vec::new();
+        if self.body_write_buf.len() <= MAX_BODY_WITH_HEADER {
+            out.reserve(header.len() + self.body_write_buf.len() + 32);
+            out.extend_from_slice(&header);
+            if !self.body_write_buf.is_empty() {
+                let written = self.body_writer.write_body(&mut out, &self.body_write_buf).await?;
+                self.body_bytes_sent += written.unwrap_or(0);
+                self.body_write_buf.clear();
+            }
+            if end_stream && self.body_writer.is_chunked() {
+                self.body_writer.finish(&mut out).await?;
+            }
+        }
+        let out: &[u8] = if out.is_empty() { &header } else { &out };
+        self.write_flushed(out, "writing response header").await
+    }
+
+    /// Write `buf` whole and flush, within the write timeout.
+    async fn write_flushed(&mut self, buf: &[u8], what: &'static str) -> Result<()> {
+        let deadline = self.write_timeout(buf.len());
+        let stream = &mut self.underlying_stream;
+        let write = async {
+            stream.write_all(buf).await.or_err(WriteError, what)?;
+            stream.flush().await.or_err(WriteError, what)
+        };
+        match deadline {
+            Some(t) => match timeout(t, write).await {
+                Ok(res) => res,
+                Err(_) => Error::e_explain(WriteTimedout, what),
+            },
+            None => write.await,
+        }
     }
 
     /// Queue a proxy task for cancel-safe writing with the current write_timeout.
@@ -2824,6 +2921,121 @@ mod tests_stream {
         assert_eq!(http_stream.body_bytes_sent(), 0);
         http_stream.write_body(wire_body).await.unwrap();
         assert_eq!(http_stream.body_bytes_sent(), wire_body.len());
+    }
+
+    /// A chunked response: its header (no Content-Length, so written and flushed at once on
+    /// its own) and the whole body of the same batch, with its last chunk, in one write.
+    #[tokio::test]
+    async fn header_and_body_of_one_batch_in_one_write() {
+        let read_wire = b"GET / HTTP/1.1\r\n\r\n";
+        let wire = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+        let mock_io = Builder::new().read(read_wire).write(wire).build();
+        let mut http_stream = HttpSession::new(Box::new(mock_io));
+        http_stream.read_request().await.unwrap();
+        http_stream.update_resp_headers = false;
+        let mut response = ResponseHeader::build(StatusCode::OK, None).unwrap();
+        response.append_header("Transfer-Encoding", "chunked").unwrap();
+        let tasks = vec![
+            HttpTask::Header(Box::new(response), false),
+            HttpTask::Body(None, false),
+            HttpTask::Body(Some(Bytes::from_static(b"hello")), true),
+        ];
+        assert!(http_stream.response_duplex_vec(tasks).await.unwrap());
+        assert_eq!(http_stream.body_bytes_sent(), 5);
+        assert!(http_stream.response_written().is_some());
+    }
+
+    /// The body of a batch that does not end it goes with the header, and the header is sent
+    /// even when the batch brings no body bytes.
+    #[tokio::test]
+    async fn held_header_goes_out_with_or_without_body() {
+        let read_wire = b"GET / HTTP/1.1\r\n\r\n";
+        let mock_io = Builder::new()
+            .read(read_wire)
+            .write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            .write(b"2\r\nhi\r\n")
+            .write(b"0\r\n\r\n")
+            .build();
+        let mut http_stream = HttpSession::new(Box::new(mock_io));
+        http_stream.read_request().await.unwrap();
+        http_stream.update_resp_headers = false;
+        let mut response = ResponseHeader::build(StatusCode::OK, None).unwrap();
+        response.append_header("Transfer-Encoding", "chunked").unwrap();
+        let tasks = vec![
+            HttpTask::Header(Box::new(response), false),
+            HttpTask::Body(None, false),
+        ];
+        assert!(!http_stream.response_duplex_vec(tasks).await.unwrap());
+        let tasks = vec![HttpTask::Body(Some(Bytes::from_static(b"hi")), false)];
+        assert!(!http_stream.response_duplex_vec(tasks).await.unwrap());
+        let tasks = vec![HttpTask::Body(None, true)];
+        assert!(http_stream.response_duplex_vec(tasks).await.unwrap());
+    }
+
+    /// A Content-Length response and its body, in one batch: one write.
+    #[tokio::test]
+    async fn content_length_header_and_body_in_one_write() {
+        let read_wire = b"GET / HTTP/1.1\r\n\r\n";
+        let wire = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello";
+        let mock_io = Builder::new().read(read_wire).write(wire).build();
+        let mut http_stream = HttpSession::new(Box::new(mock_io));
+        http_stream.read_request().await.unwrap();
+        http_stream.update_resp_headers = false;
+        let mut response = ResponseHeader::build(StatusCode::OK, None).unwrap();
+        response.append_header("Content-Length", "5").unwrap();
+        let tasks = vec![
+            HttpTask::Header(Box::new(response), false),
+            HttpTask::Body(Some(Bytes::from_static(b"hello")), true),
+        ];
+        assert!(http_stream.response_duplex_vec(tasks).await.unwrap());
+        assert_eq!(http_stream.body_bytes_sent(), 5);
+    }
+
+    /// The last data of a chunked body and its last chunk: one write.
+    #[tokio::test]
+    async fn last_data_and_last_chunk_in_one_write() {
+        let read_wire = b"GET / HTTP/1.1\r\n\r\n";
+        let mock_io = Builder::new()
+            .read(read_wire)
+            .write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            .write(b"3\r\nbye\r\n0\r\n\r\n")
+            .build();
+        let mut http_stream = HttpSession::new(Box::new(mock_io));
+        http_stream.read_request().await.unwrap();
+        http_stream.update_resp_headers = false;
+        let mut response = ResponseHeader::build(StatusCode::OK, None).unwrap();
+        response.append_header("Transfer-Encoding", "chunked").unwrap();
+        let header = HttpTask::Header(Box::new(response), false);
+        assert!(!http_stream.response_duplex_vec(vec![header]).await.unwrap());
+        let last = HttpTask::Body(Some(Bytes::from_static(b"bye")), true);
+        assert!(http_stream.response_duplex_vec(vec![last]).await.unwrap());
+        assert_eq!(http_stream.body_bytes_sent(), 3);
+    }
+
+    /// A body too large to copy is written after its header, not with it.
+    #[tokio::test]
+    async fn large_body_is_written_after_its_header() {
+        let read_wire = b"GET / HTTP/1.1\r\n\r\n";
+        let body = vec![b'x'; MAX_BODY_WITH_HEADER + 1];
+        let mut chunk = format!("{:X}\r\n", body.len()).into_bytes();
+        chunk.extend_from_slice(&body);
+        chunk.extend_from_slice(b"\r\n");
+        let mock_io = Builder::new()
+            .read(read_wire)
+            .write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            .write(&chunk)
+            .write(b"0\r\n\r\n")
+            .build();
+        let mut http_stream = HttpSession::new(Box::new(mock_io));
+        http_stream.read_request().await.unwrap();
+        http_stream.update_resp_headers = false;
+        let mut response = ResponseHeader::build(StatusCode::OK, None).unwrap();
+        response.append_header("Transfer-Encoding", "chunked").unwrap();
+        let tasks = vec![
+            HttpTask::Header(Box::new(response), false),
+            HttpTask::Body(Some(Bytes::from(body)), true),
+        ];
+        assert!(http_stream.response_duplex_vec(tasks).await.unwrap());
     }
 
     #[tokio::test]
