@@ -34,6 +34,24 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::body::{BodyReader, BodyWriter};
 
+/// The length of the body of `tasks` when they are a response header and then the whole of
+/// its body, at most [`MAX_BODY_WITH_HEADER`] bytes.
+fn whole_small_body(tasks: &[HttpTask]) -> Option<usize> {
+    let (HttpTask::Header(_, false), [body @ .., HttpTask::Body(last, true)]) =
+        (tasks.first()?, tasks.get(1..)?)
+    else {
+        return None;
+    };
+    let mut len = last.as_ref().map_or(0, |d| d.len());
+    for task in body {
+        let HttpTask::Body(data, false) = task else {
+            return None;
+        };
+        len += data.as_ref().map_or(0, |d| d.len());
+    }
+    (len <= MAX_BODY_WITH_HEADER).then_some(len)
+}
+
 /// The largest body written in the same write as its response header (or a chunked body's last
 /// data with its last chunk); a larger one is written on its own rather than copied.
 const MAX_BODY_WITH_HEADER: usize = 16 * 1024;
@@ -1585,10 +1603,15 @@ impl HttpSession {
         let mut end_stream = false;
         // A header that body tasks of this batch follow is held, and written with their body.
         let mut held = None;
+        let whole_body = whole_small_body(&tasks);
         for (i, task) in tasks.into_iter().enumerate() {
             end_stream = match task {
                 HttpTask::Header(mut header, end_stream) => {
                     let body_follows = i + 1 < n_tasks && !end_stream;
+                    if let Some(len) = whole_body.filter(|_| i == 0) {
+                        self.frame_whole_body(&mut header, len)
+                            .map_err(|e| e.into_down())?;
+                    }
                     if body_follows && !header.status.is_informational() {
                         held = self
                             .prepare_response_header(&mut header)
@@ -1650,6 +1673,21 @@ impl HttpSession {
             self.finish_body().await.map_err(|e| e.into_down())?;
         }
         Ok(end_stream || self.body_writer.finished())
+    }
+
+    /// A response that would be chunked only because its header came without a length, and
+    /// whose whole body (`len` bytes) is in the same batch, is framed by a Content-Length
+    /// instead: the client reads a length rather than chunks. Not for HEAD, 1xx, 204 or 304.
+    fn frame_whole_body(&self, header: &mut ResponseHeader, len: usize) -> Result<()> {
+        let no_body = self.get_method() == Some(&Method::HEAD)
+            || header.status.is_informational()
+            || matches!(header.status.as_u16(), 204 | 304);
+        let chunked = is_chunked_encoding_from_headers(&header.headers);
+        if no_body || !chunked || header.headers.contains_key(CONTENT_LENGTH) {
+            return Ok(());
+        }
+        header.remove_header(&TRANSFER_ENCODING);
+        header.insert_header(CONTENT_LENGTH, len)
     }
 
     /// Write a response header held by [`Self::response_duplex_vec`] and, in the same write,
@@ -2923,12 +2961,12 @@ mod tests_stream {
         assert_eq!(http_stream.body_bytes_sent(), wire_body.len());
     }
 
-    /// A chunked response: its header (no Content-Length, so written and flushed at once on
-    /// its own) and the whole body of the same batch, with its last chunk, in one write.
+    /// A response chunked for want of a length (so its header was written and flushed at once
+    /// on its own) whose whole body is in the same batch: one write, framed by its length.
     #[tokio::test]
     async fn header_and_body_of_one_batch_in_one_write() {
         let read_wire = b"GET / HTTP/1.1\r\n\r\n";
-        let wire = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+        let wire = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello";
         let mock_io = Builder::new().read(read_wire).write(wire).build();
         let mut http_stream = HttpSession::new(Box::new(mock_io));
         http_stream.read_request().await.unwrap();
@@ -2937,12 +2975,31 @@ mod tests_stream {
         response.append_header("Transfer-Encoding", "chunked").unwrap();
         let tasks = vec![
             HttpTask::Header(Box::new(response), false),
+            HttpTask::Body(Some(Bytes::from_static(b"he")), false),
             HttpTask::Body(None, false),
-            HttpTask::Body(Some(Bytes::from_static(b"hello")), true),
+            HttpTask::Body(Some(Bytes::from_static(b"llo")), true),
         ];
         assert!(http_stream.response_duplex_vec(tasks).await.unwrap());
         assert_eq!(http_stream.body_bytes_sent(), 5);
         assert!(http_stream.response_written().is_some());
+    }
+
+    /// The same for a HEAD request: no length is made up for a body that is not sent.
+    #[tokio::test]
+    async fn head_response_keeps_its_framing() {
+        let read_wire = b"HEAD / HTTP/1.1\r\n\r\n";
+        let wire = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let mock_io = Builder::new().read(read_wire).write(wire).build();
+        let mut http_stream = HttpSession::new(Box::new(mock_io));
+        http_stream.read_request().await.unwrap();
+        http_stream.update_resp_headers = false;
+        let mut response = ResponseHeader::build(StatusCode::OK, None).unwrap();
+        response.append_header("Transfer-Encoding", "chunked").unwrap();
+        let tasks = vec![
+            HttpTask::Header(Box::new(response), false),
+            HttpTask::Body(None, true),
+        ];
+        assert!(http_stream.response_duplex_vec(tasks).await.unwrap());
     }
 
     /// The body of a batch that does not end it goes with the header, and the header is sent
