@@ -221,17 +221,6 @@ async fn empty_bodies_on_model_routes_are_a_400_and_never_sent_upstream() {
     assert!(inference_requests(&mock).is_empty());
 }
 
-/// The Python interpreter of the SDK venv that `scripts/install-deps.sh` creates.
-fn sdk_python() -> std::path::PathBuf {
-    let py = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
-    assert!(
-        py.exists(),
-        "{} is missing: run scripts/install-deps.sh (it creates the SDK venv)",
-        py.display()
-    );
-    py
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_multipart_transcription_reaches_the_one_server_of_its_model() {
     let chat = start_mock(MockConfig::openai("chat", ["llama"])).await;
