@@ -1540,7 +1540,7 @@ impl HttpSession {
                     && !self.upgraded
                     && data.len() <= MAX_BODY_WITH_HEADER =>
             {
-                self.write_last_chunk(&data)
+                self.write_framed(&[], &data, true, "writing body")
                     .await
                     .map_err(|e| e.into_down())?;
                 true
@@ -1564,15 +1564,39 @@ impl HttpSession {
         Ok(end_stream || self.body_writer.finished())
     }
 
-    /// The last data of a chunked body and its last chunk, in one write.
-    async fn write_last_chunk(&mut self, data: &[u8]) -> Result<()> {
-        let mut out = Vec::with_capacity(data.len() + 32);
+    /// `head` (a response header, or nothing), then `data` framed by the body writer, then the
+    /// last chunk when `last` and the body is chunked: one write, flushed.
+    async fn write_framed(
+        &mut self,
+        head: &[u8],
+        data: &[u8],
+        last: bool,
+        what: &'static str,
+    ) -> Result<()> {
+        let mut out = Vec::with_capacity(head.len() + data.len() + 32);
+        out.extend_from_slice(head);
         if !data.is_empty() {
             let written = self.body_writer.write_body(&mut out, data).await?;
             self.body_bytes_sent += written.unwrap_or(0);
         }
-        self.body_writer.finish(&mut out).await?;
-        self.write_flushed(&out, "writing body").await
+        if last && self.body_writer.is_chunked() {
+            self.body_writer.finish(&mut out).await?;
+        }
+        self.write_flushed(&out, what).await
+    }
+
+    /// [`Self::write_framed`] of the buffered body data (the buffer is kept for reuse).
+    async fn write_body_buf_framed(
+        &mut self,
+        head: &[u8],
+        last: bool,
+        what: &'static str,
+    ) -> Result<()> {
+        let mut body = std::mem::take(&mut self.body_write_buf);
+        let written = self.write_framed(head, &body, last, what).await;
+        body.clear();
+        self.body_write_buf = body;
+        written
     }
 
     fn buffer_body_data(&mut self, data: Option<Bytes>, upgraded: bool) {
@@ -1661,11 +1685,9 @@ impl HttpSession {
             && !self.upgraded
             && self.body_write_buf.len() <= MAX_BODY_WITH_HEADER
         {
-            let mut last = std::mem::take(&mut self.body_write_buf);
-            let written = self.write_last_chunk(&last).await;
-            last.clear();
-            self.body_write_buf = last;
-            written.map_err(|e| e.into_down())?;
+            self.write_body_buf_framed(&[], true, "writing body")
+                .await
+                .map_err(|e| e.into_down())?;
         }
         self.write_body_buf().await.map_err(|e| e.into_down())?;
         if end_stream {
@@ -1696,21 +1718,11 @@ impl HttpSession {
     /// as `write_response_header` flushes one without Content-Length; the same write with its
     /// body saves a syscall and a wake-up of the client for every such response.
     async fn write_held_header(&mut self, header: Bytes, end_stream: bool) -> Result<()> {
-        let mut out = Vec::new();
-        if self.body_write_buf.len() <= MAX_BODY_WITH_HEADER {
-            out.reserve(header.len() + self.body_write_buf.len() + 32);
-            out.extend_from_slice(&header);
-            if !self.body_write_buf.is_empty() {
-                let written = self.body_writer.write_body(&mut out, &self.body_write_buf).await?;
-                self.body_bytes_sent += written.unwrap_or(0);
-                self.body_write_buf.clear();
-            }
-            if end_stream && self.body_writer.is_chunked() {
-                self.body_writer.finish(&mut out).await?;
-            }
+        let what = "writing response header";
+        if self.body_write_buf.len() > MAX_BODY_WITH_HEADER {
+            return self.write_flushed(&header, what).await;
         }
-        let out: &[u8] = if out.is_empty() { &header } else { &out };
-        self.write_flushed(out, "writing response header").await
+        self.write_body_buf_framed(&header, end_stream, what).await
     }
 
     /// Write `buf` whole and flush, within the write timeout.
