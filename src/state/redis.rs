@@ -392,8 +392,8 @@ impl Inner {
         }
     }
 
-    /// A lane: until its thread's senders are gone, one call at a time of what was queued
-    /// meanwhile.
+    /// A lane: until its thread's senders are gone, one call of what was queued meanwhile,
+    /// waited for while it holds admissions (so that they batch under load).
     async fn run(self: Arc<Self>, mut queue: mpsc::UnboundedReceiver<Queued>) {
         let mut conn = None;
         let mut batch = Vec::with_capacity(MAX_BATCH);
